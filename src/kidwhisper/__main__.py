@@ -1,0 +1,7 @@
+"""`python -m kidwhisper ...` (and `torchrun -m kidwhisper ...`) runs the CLI."""
+
+import sys
+
+from kidwhisper.cli import main
+
+sys.exit(main())

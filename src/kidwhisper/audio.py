@@ -1,0 +1,59 @@
+"""Audio in, log-mel features out.
+
+Any sample rate and channel count is read (soundfile/libsndfile: FLAC, WAV, OGG, MP3...),
+mixed down to mono and resampled to Whisper's 16 kHz with soxr. Features are the
+transformers `WhisperFeatureExtractor`'s log-mel spectrogram, with the variant's 80 or 128
+mel bins, padded to Whisper's 30-second window.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+from transformers import WhisperFeatureExtractor
+
+SAMPLE_RATE = 16_000
+HOP_LENGTH = 160
+CHUNK_SECONDS = 30
+N_FRAMES = CHUNK_SECONDS * SAMPLE_RATE // HOP_LENGTH  # 3000 mel frames in a 30 s window
+
+
+class AudioError(ValueError):
+    """A clip that cannot be used, with the file named in the message."""
+
+
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Read `path` as float32 mono at `sample_rate`, or raise `AudioError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: audio file not found")
+    try:
+        audio, rate = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+        raise AudioError(f"{path}: not readable as audio ({err})") from err
+    audio = audio.mean(axis=1)  # channels -> mono
+    if rate != sample_rate:
+        audio = soxr.resample(audio, rate, sample_rate, quality="HQ")
+    if audio.size == 0:
+        raise AudioError(f"{path}: contains no samples")
+    if not np.isfinite(audio).all():
+        raise AudioError(f"{path}: contains NaN or infinite samples")
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+@cache
+def feature_extractor(n_mels: int) -> WhisperFeatureExtractor:
+    """Whisper's feature extractor for `n_mels` bins (80, or 128 for large-v3)."""
+    return WhisperFeatureExtractor(feature_size=n_mels, sampling_rate=SAMPLE_RATE)
+
+
+def log_mel(audio: np.ndarray, n_mels: int) -> np.ndarray:
+    """Log-mel spectrogram (n_mels, 3000) of up to 30 s of 16 kHz audio."""
+    features = feature_extractor(n_mels)(
+        audio, sampling_rate=SAMPLE_RATE, return_tensors="np", padding="max_length"
+    ).input_features
+    return features[0]

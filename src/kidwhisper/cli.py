@@ -1,0 +1,121 @@
+"""The `kidwhisper` command: train, evaluate, import-ct2.
+
+Every subcommand is a thin shell over a recipe; errors a user can fix (a bad config, a
+missing file) are printed as one line naming the file and key, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from kidwhisper.audio import AudioError
+from kidwhisper.config import ConfigError, load_config
+from kidwhisper.data import ManifestError
+
+USER_ERRORS = (ConfigError, ManifestError, AudioError, FileNotFoundError, FileExistsError)
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}%"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from kidwhisper.experiments import run_experiment
+
+    config = load_config(args.config, args.overrides)
+    metrics = run_experiment(config, overwrite=args.overwrite)
+    before, after = metrics.get("eval_before"), metrics.get("eval_after")
+    print(f"experiment: {config.output.experiments_dir}/{metrics['name']}")
+    if before:
+        print(f"zero-shot WER:  {_pct(before['wer'])}")
+    if after:
+        print(f"fine-tuned WER: {_pct(after['wer'])}  ({after['utterances']} utterances)")
+        for bucket, wer in after["wer_by_age"].items():
+            print(f"  age {bucket}: {_pct(wer)}")
+    print(f"wall time: {metrics['wall_seconds']:.0f} s; model: {metrics['model_dir']}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from kidwhisper.evaluation import evaluate, save_predictions
+    from kidwhisper.models import load_model
+    from kidwhisper.training import pick_device
+
+    wm = load_model(args.model, args.variant)
+    wm.model.to(pick_device(args.device))
+    utterances = _read(args.data, args.limit)
+    result = evaluate(wm, utterances, args.batch_size, args.max_new_tokens)
+    out = args.out or Path(args.data).with_suffix(".predictions.jsonl").name
+    save_predictions(result, out)
+    print(f"WER {_pct(result.wer)} on {len(utterances)} utterances ({result.seconds:.1f} s)")
+    for bucket, report in result.by_age.items():
+        print(f"  age {bucket}: {_pct(report.wer)} ({report.utterances} utterances)")
+    if result.errors:
+        print(f"{len(result.errors)} unreadable clip(s) scored as empty predictions")
+    print(f"predictions: {out}")
+    return 0
+
+
+def _read(path: str, limit: int | None):
+    from kidwhisper.data import read_manifest
+
+    utterances = read_manifest(path)
+    return utterances[:limit] if limit else utterances
+
+
+def cmd_import_ct2(args: argparse.Namespace) -> int:
+    from kidwhisper.models.ct2 import import_ct2
+
+    model = import_ct2(Path(args.src), Path(args.out))
+    print(f"wrote {args.out} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kidwhisper", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="fine-tune as a YAML config says")
+    p.add_argument("config", help="YAML config, e.g. configs/quickstart.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.lr=2e-5")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing experiment")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="greedy-decode a manifest and print the competition WER")
+    p.add_argument("model", help="transformers folder, bundled:tiny.en, bundled:base or Hub id")
+    p.add_argument("--data", required=True, help="competition-format jsonl with references")
+    p.add_argument("--variant", help="model variant (read from the weights when unset)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--limit", type=int, help="only the first N utterances")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help="predictions jsonl (default: <data>.predictions.jsonl here)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("import-ct2", help="convert a CTranslate2 Whisper folder to transformers")
+    p.add_argument("src", help="folder with model.bin, config.json, tokenizer.json")
+    p.add_argument("out", help="output folder (safetensors)")
+    p.set_defaults(func=cmd_import_ct2)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return args.func(args)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

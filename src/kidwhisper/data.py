@@ -1,0 +1,157 @@
+"""Manifests, datasets and the collator: competition jsonl in, model-ready batches out.
+
+A manifest line is the competition's training schema (`utterance_id`, `audio_path`,
+`audio_duration_sec`, `age_bucket`, `orthographic_text`, ...); `audio_path` is relative to
+the manifest's folder. A clip that cannot be read is never dropped silently: the dataset
+marks it, the collator leaves it out of the batch and counts it, and the caller reports it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from transformers import WhisperTokenizerFast
+
+from kidwhisper.audio import AudioError, load_audio, log_mel
+from kidwhisper.text import SpecialTokens, encode_labels
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100  # label value the cross-entropy loss skips
+
+
+class ManifestError(ValueError):
+    """A manifest line that cannot be used; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Utterance:
+    utterance_id: str
+    audio: Path
+    text: str | None
+    duration: float | None = None
+    age_bucket: str | None = None
+    speaker: str | None = None
+
+
+def read_manifest(path: str | Path, require_text: bool = True) -> list[Utterance]:
+    """Parse a competition-format jsonl file into utterances, failing on the first bad line."""
+    path = Path(path)
+    utterances, seen = [], {}
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ManifestError(f"{where}: not valid JSON ({err.msg})") from err
+            utterance = _utterance(row, path.parent, where, require_text)
+            if utterance.utterance_id in seen:
+                raise ManifestError(
+                    f"{where}: duplicate utterance_id {utterance.utterance_id} "
+                    f"(first at line {seen[utterance.utterance_id]})"
+                )
+            seen[utterance.utterance_id] = number
+            utterances.append(utterance)
+    return utterances
+
+
+def _utterance(row: object, root: Path, where: str, require_text: bool) -> Utterance:
+    if not isinstance(row, dict):
+        raise ManifestError(f"{where}: expected a JSON object")
+    required = ["utterance_id", "audio_path"] + (["orthographic_text"] if require_text else [])
+    missing = [key for key in required if not isinstance(row.get(key), str)]
+    if missing:
+        raise ManifestError(f"{where}: missing or non-string field(s) {missing}")
+    duration = row.get("audio_duration_sec")
+    return Utterance(
+        utterance_id=row["utterance_id"],
+        audio=root / row["audio_path"],
+        text=row.get("orthographic_text"),
+        duration=float(duration) if isinstance(duration, int | float) else None,
+        age_bucket=row.get("age_bucket"),
+        speaker=row.get("child_id"),
+    )
+
+
+class SpeechDataset(Dataset):
+    """Log-mel features (and labels, when the utterances have text) for each utterance."""
+
+    def __init__(
+        self,
+        utterances: list[Utterance],
+        n_mels: int,
+        tokenizer: WhisperTokenizerFast | None = None,
+        special: SpecialTokens | None = None,
+        max_label_tokens: int = 448,
+    ) -> None:
+        self.utterances, self.n_mels = utterances, n_mels
+        self.tokenizer, self.special = tokenizer, special
+        self.max_label_tokens = max_label_tokens  # the decoder's position table
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def __getitem__(self, index: int) -> dict:
+        utt = self.utterances[index]
+        item: dict = {"index": index, "utterance_id": utt.utterance_id}
+        try:
+            item["input_features"] = log_mel(load_audio(utt.audio), self.n_mels)
+        except AudioError as err:
+            item["error"] = str(err)
+            return item
+        if self.tokenizer is not None and utt.text is not None:
+            labels = encode_labels(self.tokenizer, self.special, utt.text)
+            if len(labels) > self.max_label_tokens:
+                item["error"] = f"{utt.audio}: label has {len(labels)} tokens, more than the "
+                item["error"] += f"decoder's {self.max_label_tokens}"
+            item["labels"] = labels
+        return item
+
+
+@dataclass
+class WhisperCollator:
+    """Stacks features and pads label sequences for teacher forcing.
+
+    Each full sequence is ``<|startoftranscript|> [lang task] <|notimestamps|> text <|eot|>``.
+    `decoder_input_ids` is the sequence without its last token; `labels` the sequence without
+    its first (the start token is only ever an input, so it can never appear twice), with
+    padding set to -100 so the loss skips it. Padding is on the right, so the decoder's causal
+    mask already keeps real tokens from attending to it; Whisper's encoder takes no mask (it
+    always sees a 30 s window).
+    """
+
+    special: SpecialTokens
+
+    def __call__(self, items: list[dict]) -> dict:
+        good = [item for item in items if "error" not in item]
+        batch: dict = {
+            "utterance_ids": [item["utterance_id"] for item in good],
+            "indices": [item["index"] for item in good],
+            "errors": [(item["utterance_id"], item["error"]) for item in items if "error" in item],
+        }
+        if not good:
+            return batch
+        batch["input_features"] = torch.from_numpy(np.stack([i["input_features"] for i in good]))
+        if "labels" in good[0]:
+            batch.update(self._pad([item["labels"] for item in good]))
+        return batch
+
+    def _pad(self, sequences: list[list[int]]) -> dict[str, torch.Tensor]:
+        width = max(len(seq) for seq in sequences) - 1
+        inputs = torch.full((len(sequences), width), self.special.eot, dtype=torch.long)
+        labels = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            if seq[0] != self.special.sot:
+                raise ValueError(f"label sequence does not start with the start token: {seq[:4]}")
+            inputs[row, : len(seq) - 1] = torch.tensor(seq[:-1])
+            labels[row, : len(seq) - 1] = torch.tensor(seq[1:])
+        return {"decoder_input_ids": inputs, "labels": labels}

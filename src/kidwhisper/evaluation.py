@@ -1,0 +1,137 @@
+"""Evaluation recipe: transcribe a manifest with greedy decoding and score it.
+
+Nothing is skipped silently: a clip that cannot be read gets an empty prediction (so its
+reference words count as deletions) and is listed in the result's `errors`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from kidwhisper.data import SpeechDataset, Utterance, WhisperCollator
+from kidwhisper.decoding import DecodingOptions, greedy_decode
+from kidwhisper.models import WhisperModel
+from kidwhisper.scoring import WerReport, score
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    wer: float
+    report: WerReport
+    by_age: dict[str, WerReport]
+    predictions: list[dict]  # utterance_id, reference, prediction, age_bucket
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> dict:
+        """JSON-friendly figures for metrics files."""
+        return {
+            "wer": self.wer,
+            "wer_by_age": {group: r.wer for group, r in sorted(self.by_age.items())},
+            "utterances": len(self.predictions),
+            "unreadable_clips": len(self.errors),
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def transcribe(
+    wm: WhisperModel,
+    utterances: list[Utterance],
+    batch_size: int = 16,
+    max_new_tokens: int = 128,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """Greedy transcripts keyed by utterance id, plus the (id, error) of unreadable clips."""
+    dataset = SpeechDataset(utterances, wm.n_mels)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=WhisperCollator(wm.special),
+    )
+    options = DecodingOptions(max_new_tokens=max_new_tokens)
+    texts: dict[str, str] = {}
+    errors: list[tuple[str, str]] = []
+    was_training = wm.model.training
+    wm.model.eval()
+    for batch in tqdm(loader, desc="decoding", unit="batch", disable=not progress):
+        errors += batch["errors"]
+        for uid, error in batch["errors"]:
+            log.warning("cannot decode %s: %s", uid, error)
+        if "input_features" not in batch:
+            continue
+        tokens = greedy_decode(wm.model, batch["input_features"], wm.special, options)
+        decoded = wm.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        texts.update(zip(batch["utterance_ids"], (t.strip() for t in decoded), strict=True))
+    wm.model.train(was_training)
+    return texts, errors
+
+
+def evaluate(
+    wm: WhisperModel,
+    utterances: list[Utterance],
+    batch_size: int = 16,
+    max_new_tokens: int = 128,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> EvalResult:
+    """Transcribe `utterances` and score them with the competition's WER, per age bucket too."""
+    start = time.perf_counter()
+    texts, errors = transcribe(wm, utterances, batch_size, max_new_tokens, num_workers, progress)
+    predictions = [
+        {
+            "utterance_id": u.utterance_id,
+            "reference": u.text or "",
+            "prediction": texts.get(u.utterance_id, ""),
+            "age_bucket": u.age_bucket or "unknown",
+        }
+        for u in utterances
+    ]
+    report, by_age = score(
+        [p["reference"] for p in predictions],
+        [p["prediction"] for p in predictions],
+        groups=[p["age_bucket"] for p in predictions],
+    )
+    return EvalResult(report.wer, report, by_age, predictions, errors, time.perf_counter() - start)
+
+
+def save_predictions(result: EvalResult, path: str | Path) -> Path:
+    """Write predictions as jsonl: `utterance_id`, `orthographic_text` (the submission
+    schema) plus the reference and age bucket for error analysis."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as out:
+        for p in result.predictions:
+            row = {
+                "utterance_id": p["utterance_id"],
+                "orthographic_text": p["prediction"],
+                "reference": p["reference"],
+                "age_bucket": p["age_bucket"],
+            }
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+@torch.inference_mode()
+def mean_loss(wm: WhisperModel, batches: list[dict]) -> float:
+    """Teacher-forced loss over prepared batches (used by tests and training logs)."""
+    losses = [
+        wm.model(
+            input_features=b["input_features"],
+            decoder_input_ids=b["decoder_input_ids"],
+            labels=b["labels"],
+        ).loss.item()
+        for b in batches
+    ]
+    return sum(losses) / len(losses)

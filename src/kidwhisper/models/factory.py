@@ -1,0 +1,158 @@
+"""Config-driven model creation: the variant flows config -> factory -> `__init__` -> `load()`.
+
+`ModelFactory(config).create()` returns a loaded `WhisperModel`: the transformers model,
+its tokenizer and feature extractor, and the special ids derived from that tokenizer.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from transformers import WhisperConfig, WhisperForConditionalGeneration, WhisperTokenizerFast
+
+from kidwhisper.audio import feature_extractor
+from kidwhisper.models.bundled import BUNDLED_PREFIX, bundled_path, get_bundled
+from kidwhisper.models.variants import Variant, get_variant, variant_of
+from kidwhisper.text import family_tokenizer, special_tokens
+
+if TYPE_CHECKING:
+    from kidwhisper.config import Config
+
+log = logging.getLogger(__name__)
+
+RANDOM = "random"
+
+
+class WhisperModel:
+    """A Whisper variant with its weights, tokenizer and special tokens.
+
+    `pretrained` is a Hub id, a local transformers folder, `bundled:<name>` or `random`.
+    """
+
+    def __init__(
+        self,
+        variant: str = "small",
+        pretrained: str | None = None,
+        language: str = "en",
+        task: str = "transcribe",
+        seed: int = 0,
+    ) -> None:
+        self.variant: Variant = get_variant(variant)
+        self.pretrained = pretrained or f"openai/whisper-{variant}"
+        self.language, self.task, self.seed = language, task, seed
+        self.model: WhisperForConditionalGeneration | None = None
+        self.tokenizer: WhisperTokenizerFast | None = None
+
+    # --- loading ---------------------------------------------------------------------------
+
+    def load(self) -> WhisperModel:
+        """Load weights and tokenizer from the source, then check they are the variant."""
+        if self.pretrained == RANDOM:
+            self.model, self.tokenizer = self._random()
+        else:
+            folder = self._resolve()
+            self.model = WhisperForConditionalGeneration.from_pretrained(folder)
+            self.tokenizer = WhisperTokenizerFast.from_pretrained(folder)
+        self._check_architecture()
+        self.special = special_tokens(
+            self.tokenizer,
+            not self.variant.english_only,
+            self.model.config.vocab_size,
+            self.language,
+            self.task,
+        )
+        self.feature_extractor = feature_extractor(self.variant.n_mels)
+        log.info(
+            "loaded %s (%s, %.1fM parameters)",
+            self.pretrained,
+            self.variant.name,
+            self.params / 1e6,
+        )
+        return self
+
+    def _resolve(self) -> str | Path:
+        """A local folder or Hub id for `from_pretrained`."""
+        if self.pretrained.startswith(BUNDLED_PREFIX):
+            return bundled_path(self.pretrained.removeprefix(BUNDLED_PREFIX))
+        local = Path(self.pretrained).expanduser()
+        if local.is_dir():
+            return local
+        if local.exists() or self.pretrained.startswith((".", "/", "~")):
+            raise FileNotFoundError(f"{self.pretrained}: not a transformers model folder")
+        return self.pretrained  # a Hub id; needs the internet or a filled HF cache
+
+    def _random(self) -> tuple[WhisperForConditionalGeneration, WhisperTokenizerFast]:
+        tokenizer = family_tokenizer(self.variant.tokenizer_family, self.variant.vocab_size)
+        ids = special_tokens(tokenizer, not self.variant.english_only, self.variant.vocab_size)
+        config = self.variant.hf_config(
+            decoder_start_token_id=ids.sot,
+            eos_token_id=ids.eot,
+            pad_token_id=ids.eot,
+            bos_token_id=ids.eot,
+        )
+        torch.manual_seed(self.seed)
+        return WhisperForConditionalGeneration(config), tokenizer
+
+    def _check_architecture(self) -> None:
+        c, v = self.model.config, self.variant
+        found = (c.d_model, c.encoder_layers, c.decoder_layers, c.num_mel_bins, c.vocab_size)
+        wanted = (v.d_model, v.encoder_layers, v.decoder_layers, v.n_mels, v.vocab_size)
+        if found != wanted:
+            raise ValueError(
+                f"model.variant is {v.name!r} (d_model, enc layers, dec layers, mels, vocab = "
+                f"{wanted}) but {self.pretrained} has {found}: fix model.variant or pretrained"
+            )
+
+    # --- use -------------------------------------------------------------------------------
+
+    @property
+    def params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def n_mels(self) -> int:
+        return self.variant.n_mels
+
+    def save(self, out: str | Path) -> Path:
+        """Write a plain transformers folder (safetensors) that `from_pretrained` loads."""
+        out = Path(out)
+        self.model.save_pretrained(out, safe_serialization=True)
+        self.tokenizer.save_pretrained(out)
+        self.feature_extractor.save_pretrained(out)
+        return out
+
+
+class ModelFactory:
+    """Builds the `WhisperModel` a config describes; nothing about the variant is fixed here."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def create(self) -> WhisperModel:
+        m = self.config.model
+        return WhisperModel(
+            variant=m.variant,
+            pretrained=self.config.pretrained,
+            language=m.language,
+            task=m.task,
+            seed=self.config.training.seed,
+        ).load()
+
+
+def load_model(source: str, variant: str | None = None) -> WhisperModel:
+    """Load any source without a config; the variant is read from the weights when unset."""
+    if variant is None:
+        variant = _detect_variant(source)
+    return WhisperModel(variant=variant, pretrained=source).load()
+
+
+def _detect_variant(source: str) -> str:
+    if source.startswith(BUNDLED_PREFIX):
+        return get_bundled(source.removeprefix(BUNDLED_PREFIX)).variant
+    found = variant_of(WhisperConfig.from_pretrained(source))
+    if found is None:
+        raise ValueError(f"{source}: its architecture matches no known Whisper variant")
+    return found.name

@@ -1,0 +1,183 @@
+"""The competition's word error rate (WER), reproduced exactly.
+
+The "On Top of Pasketti" Word track scores a submission with corpus WER
+(``jiwer.wer(references, hypotheses)``) after both sides pass through transformers'
+Whisper ``EnglishTextNormalizer``, built with the competition's English spelling map.
+
+That map ships as ``assets/english_spelling.json``. It was generated once from openai-whisper's
+``normalizers/english.json`` (as copied into the ``whisper-normalizer`` 0.1.15 package) by
+loading it in order and applying exactly four edits:
+
+* ``"archaeology": "archeology</span>"`` -> ``"archeology"`` (stray HTML tag upstream),
+* ``"pummelled": "pummel"`` -> ``"pummeled"``,
+* ``"pummelling": "pummeled"`` -> ``"pummeling"``,
+* ``"mm": "hmm"`` added as the last key,
+
+then writing it back with ``json.dumps(mapping, indent=4)`` plus a newline.
+``tests/test_scoring.py`` checks the shipped file against that recipe.
+
+Empty references: a reference can normalise to nothing, e.g. a clip transcribed only as
+"um" or "(laughs)". Such a pair stays in the corpus with zero reference words, and any
+hypothesis words count as insertions. This is how jiwer 4 does corpus WER, so ``corpus_wer``
+equals jiwer 4's ``jiwer.wer`` on the normalised texts. The empty pairs are counted here, not
+by jiwer, so the result is the same under jiwer 3, which raises on empty references. With no
+reference words at all there is nothing to divide by, so ``corpus_wer`` raises ``ValueError``
+(jiwer 4 would return the bare insertion count).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import TYPE_CHECKING
+
+import jiwer
+
+if TYPE_CHECKING:
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+__all__ = [
+    "WerReport",
+    "corpus_wer",
+    "english_spelling_map",
+    "normalize",
+    "normalizer",
+    "score",
+]
+
+_SPELLING_ASSET = "english_spelling.json"
+
+
+@functools.cache
+def english_spelling_map() -> dict[str, str]:
+    """Return the competition's British -> American spelling map (cached: do not mutate)."""
+    # importlib.resources finds the file inside an installed wheel or zip as well as in a
+    # source checkout, so no path is hard-coded.
+    text = files("kidwhisper").joinpath("assets", _SPELLING_ASSET).read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+@functools.cache
+def normalizer() -> EnglishTextNormalizer:
+    """Return the competition's text normaliser (cached: building it compiles many regexes)."""
+    # Imported here, not at module level: importing transformers takes seconds, and code
+    # that only imports this module (e.g. for WerReport) should not pay for it.
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    return EnglishTextNormalizer(english_spelling_map())
+
+
+def normalize(text: str) -> str:
+    """Normalise one transcript as the competition does (lower case, no punctuation, ...)."""
+    return normalizer()(text)
+
+
+@dataclass(frozen=True)
+class WerReport:
+    """Word error counts for a set of utterances, and the corpus WER they give."""
+
+    wer: float
+    substitutions: int
+    deletions: int
+    insertions: int
+    hits: int
+    reference_words: int
+    utterances: int
+
+    @property
+    def errors(self) -> int:
+        """Substitutions + deletions + insertions: the WER numerator."""
+        return self.substitutions + self.deletions + self.insertions
+
+
+def _check_lengths(references: Sequence[str], hypotheses: Sequence[str]) -> None:
+    # Fail before the slow normalisation, naming both lengths so misaligned inputs are easy to spot.
+    if len(references) != len(hypotheses):
+        raise ValueError(
+            f"references and hypotheses differ in length: "
+            f"{len(references)} references, {len(hypotheses)} hypotheses"
+        )
+
+
+def _report(references: list[str], hypotheses: list[str]) -> WerReport:
+    """Count errors in already normalised texts; ``wer`` is NaN if there are no reference words."""
+    # jiwer 3 raises on an empty reference (jiwer 4 does not), so empty references never reach
+    # jiwer: aligning "" with a hypothesis gives one insertion per hypothesis word anyway.
+    pairs = list(zip(references, hypotheses, strict=True))
+    scored = [(ref, hyp) for ref, hyp in pairs if ref.split()]
+    insertions = sum(len(hyp.split()) for ref, hyp in pairs if not ref.split())
+    substitutions = deletions = hits = 0
+    if scored:
+        out = jiwer.process_words([ref for ref, _ in scored], [hyp for _, hyp in scored])
+        substitutions, deletions, hits = out.substitutions, out.deletions, out.hits
+        insertions += out.insertions
+    reference_words = hits + substitutions + deletions
+    errors = substitutions + deletions + insertions
+    # With no reference words there is no rate (jiwer 4 returns the bare insertion count):
+    # report NaN and let the caller decide.
+    wer = errors / reference_words if reference_words else math.nan
+    return WerReport(
+        wer=wer,
+        substitutions=substitutions,
+        deletions=deletions,
+        insertions=insertions,
+        hits=hits,
+        reference_words=reference_words,
+        utterances=len(pairs),
+    )
+
+
+def _require_reference_words(report: WerReport) -> None:
+    if report.reference_words == 0:
+        raise ValueError(
+            f"WER is undefined: all {report.utterances} references are empty after "
+            "normalisation, so there are no reference words to divide by"
+        )
+
+
+def score(
+    references: Sequence[str],
+    hypotheses: Sequence[str],
+    groups: Sequence[str] | None = None,
+) -> tuple[WerReport, dict[str, WerReport]]:
+    """Score hypotheses against references: the overall report, and one report per group.
+
+    ``groups`` gives one label per utterance (e.g. an age bucket). Each group's WER is a
+    corpus WER over that group's utterances. Groups are returned sorted by label, and a
+    group whose references are all empty has ``wer`` NaN. Raises ``ValueError`` on length
+    mismatches or when no reference has any words.
+    """
+    _check_lengths(references, hypotheses)
+    if groups is not None and len(groups) != len(references):
+        raise ValueError(
+            f"groups and references differ in length: "
+            f"{len(groups)} groups, {len(references)} references"
+        )
+    refs = [normalize(text) for text in references]
+    hyps = [normalize(text) for text in hypotheses]
+    overall = _report(refs, hyps)
+    _require_reference_words(overall)
+
+    by_group: dict[str, WerReport] = {}
+    if groups is not None:
+        # Each pair is aligned on its own, so per-group counts add up to the overall counts.
+        members: dict[str, list[int]] = {}
+        for index, label in enumerate(groups):
+            members.setdefault(label, []).append(index)
+        for label in sorted(members):
+            indices = members[label]
+            by_group[label] = _report([refs[i] for i in indices], [hyps[i] for i in indices])
+    return overall, by_group
+
+
+def corpus_wer(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Return the competition metric: corpus WER of the normalised texts (lower is better).
+
+    Raises ``ValueError`` if the lengths differ or if every reference normalises to "".
+    """
+    overall, _ = score(references, hypotheses)
+    return overall.wer

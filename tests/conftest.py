@@ -1,0 +1,43 @@
+"""Shared fixtures: real audio from ../shared/data when present, else the shipped quickstart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kidwhisper.config import resolve_path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+SO762 = SHARED / "so762-kids"
+QUICKSTART = resolve_path("bundled:quickstart")
+
+needs_shared = pytest.mark.skipif(
+    not (SO762 / "dev.jsonl").is_file(),
+    reason=f"real child speech not found at {SO762} (CI has it; see ../shared/data/README.md)",
+)
+
+
+@pytest.fixture(scope="session")
+def real_manifest() -> Path:
+    """A manifest of real recorded child speech if available, else the synthetic quickstart."""
+    if (SO762 / "dev.jsonl").is_file():
+        return SO762 / "dev.jsonl"
+    return QUICKSTART / "dev.jsonl"
+
+
+@pytest.fixture(scope="session")
+def tiny_en():
+    """Bundled real tiny.en weights (converted from CTranslate2 once, then cached)."""
+    from kidwhisper.models import load_model
+
+    return load_model("bundled:tiny.en")
+
+
+@pytest.fixture(scope="session")
+def random_tiny():
+    """The real multilingual tiny architecture with random weights."""
+    from kidwhisper.models import WhisperModel
+
+    return WhisperModel("tiny", pretrained="random").load()
