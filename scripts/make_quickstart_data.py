@@ -141,14 +141,14 @@ class Voice:
 
 
 VOICES: tuple[Voice, ...] = (
-    Voice("C_qs_01", "train", "en-us+f3", "5-7", 70, 60, 125, 1.25),
-    Voice("C_qs_02", "train", "en-us+f4", "8-11", 60, 50, 140, 1.15),
-    Voice("C_qs_03", "train", "en+m3", "8-11", 80, 60, 135, 1.40),
-    Voice("C_qs_04", "train", "en-us+f1", "3-4", 75, 70, 110, 1.35),
-    Voice("C_qs_05", "train", "en-us+m1", "5-7", 85, 60, 125, 1.45),
-    Voice("C_qs_06", "train", "en+f5", "3-4", 70, 80, 110, 1.30),
+    Voice("C_qs_01", "train", "en-us+f3", "5-7", 70, 60, 125, 1.20),
+    Voice("C_qs_02", "train", "en-us+f4", "8-11", 65, 50, 140, 1.15),
+    Voice("C_qs_03", "train", "en-us+m6", "8-11", 75, 60, 135, 1.25),
+    Voice("C_qs_04", "train", "en-us+f1", "3-4", 75, 70, 110, 1.30),
+    Voice("C_qs_05", "train", "en-us+m4", "5-7", 80, 60, 125, 1.30),
+    Voice("C_qs_06", "train", "en+f5", "3-4", 75, 80, 110, 1.35),
     Voice("C_qs_07", "dev", "en-us+f2", "5-7", 70, 65, 120, 1.30),
-    Voice("C_qs_08", "dev", "en+m2", "8-11", 80, 55, 135, 1.40),
+    Voice("C_qs_08", "dev", "en-us+m7", "8-11", 75, 55, 135, 1.20),
 )
 
 
@@ -237,7 +237,7 @@ def trim_silence(audio: np.ndarray, threshold: float = 1e-3, pad_sec: float = 0.
 def finish_clip(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Normalise to a random level, add faint noise and return int16 samples."""
     peak = float(np.max(np.abs(audio))) or 1.0
-    audio = audio / peak * rng.uniform(0.5, 0.9)
+    audio = audio / peak * rng.uniform(0.35, 0.8)
     audio = audio + rng.normal(0.0, 10 ** (NOISE_DBFS / 20), audio.shape)
     return np.clip(np.round(audio * 32767), -32768, 32767).astype(np.int16)
 

@@ -1,4 +1,4 @@
-"""The `kidwhisper` command: train, evaluate, import-ct2.
+"""The `kidwhisper` command: train, evaluate, import-ct2, experiments, report, archive.
 
 Every subcommand is a thin shell over a recipe; errors a user can fix (a bad config, a
 missing file) are printed as one line naming the file and key, without a traceback.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -26,7 +27,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from kidwhisper.experiments import run_experiment
 
     config = load_config(args.config, args.overrides)
-    metrics = run_experiment(config, overwrite=args.overwrite)
+    metrics = run_experiment(config, overwrite=args.overwrite, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     before, after = metrics.get("eval_before"), metrics.get("eval_after")
     print(f"experiment: {config.output.experiments_dir}/{metrics['name']}")
     if before:
@@ -74,6 +77,36 @@ def cmd_import_ct2(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_new_experiment(args: argparse.Namespace) -> int:
+    from kidwhisper.experiments import new_experiment
+
+    folder = new_experiment(args.name, Path(args.root), args.source)
+    module = None if folder.is_absolute() else ".".join(folder.parts)
+    print(f"created {folder}/ (config.yaml, main.py)")
+    if module:
+        print(
+            f"run it: python -m {module}.main   or   torchrun --nproc_per_node=2 -m {module}.main"
+        )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from kidwhisper.experiments import collect_results, results_table, update_readme
+
+    table = results_table(collect_results(Path(args.root)))
+    update_readme(Path(args.readme), table)
+    print(table)
+    print(f"updated {args.readme}")
+    return 0
+
+
+def cmd_archive(args: argparse.Namespace) -> int:
+    from kidwhisper.experiments import archive
+
+    print(f"archived to {archive(args.run, Path(args.checkpoints))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kidwhisper", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -83,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config, e.g. configs/quickstart.yaml")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.lr=2e-5")
     p.add_argument("--overwrite", action="store_true", help="replace an existing experiment")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="require a checkpoint to continue from (an unfinished run resumes anyway)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="greedy-decode a manifest and print the competition WER")
@@ -100,6 +138,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="folder with model.bin, config.json, tokenizer.json")
     p.add_argument("out", help="output folder (safetensors)")
     p.set_defaults(func=cmd_import_ct2)
+
+    p = sub.add_parser("new-experiment", help="create the next experiments/<name>_NNN folder")
+    p.add_argument("name", help="kind of experiment, e.g. baseline or experiment")
+    p.add_argument("--from", dest="source", help="an existing experiment or a config file")
+    p.add_argument("--root", default="experiments")
+    p.set_defaults(func=cmd_new_experiment)
+
+    p = sub.add_parser("report", help="refresh the README's latest-results table")
+    p.add_argument("--root", default="experiments")
+    p.add_argument("--readme", default="README.md")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("archive", help="move checkpoints/<run> to checkpoints/archived/<run>")
+    p.add_argument("run")
+    p.add_argument("--checkpoints", default="checkpoints")
+    p.set_defaults(func=cmd_archive)
     return parser
 
 

@@ -65,7 +65,10 @@ class TrainingConfig:
     max_grad_norm: float = field(default=1.0, metadata={"gt": 0})
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = True
-    eval_every_steps: int | None = field(default=None, metadata=_min(1))
+    eval_every_steps: int | None = field(default=None, metadata=_min(1))  # also checkpoints
+    save_every_steps: int | None = field(default=None, metadata=_min(1))
+    keep_checkpoints: int = field(default=2, metadata=_min(1))  # newest kept, plus the best
+    early_stopping_patience: int | None = field(default=None, metadata=_min(1))  # evaluations
     log_every_steps: int = field(default=10, metadata=_min(1))
     device: str = "auto"
     seed: int = 0

@@ -89,6 +89,15 @@ def evaluate(
     """Transcribe `utterances` and score them with the competition's WER, per age bucket too."""
     start = time.perf_counter()
     texts, errors = transcribe(wm, utterances, batch_size, max_new_tokens, num_workers, progress)
+    result = score_predictions(utterances, texts, errors)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def score_predictions(
+    utterances: list[Utterance], texts: dict[str, str], errors: list[tuple[str, str]]
+) -> EvalResult:
+    """Score transcripts against the utterances' references; a missing one counts as empty."""
     predictions = [
         {
             "utterance_id": u.utterance_id,
@@ -103,7 +112,7 @@ def evaluate(
         [p["prediction"] for p in predictions],
         groups=[p["age_bucket"] for p in predictions],
     )
-    return EvalResult(report.wer, report, by_age, predictions, errors, time.perf_counter() - start)
+    return EvalResult(report.wer, report, by_age, predictions, errors)
 
 
 def save_predictions(result: EvalResult, path: str | Path) -> Path:

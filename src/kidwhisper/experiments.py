@@ -7,35 +7,20 @@ what ran; metrics.json holds the raw figures and results.md a readable summary.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 
-import kidwhisper
-from kidwhisper.config import Config, dump_config
+from kidwhisper.checkpoint import code_version
+from kidwhisper.config import Config, dump_config, load_config
 
 
 class ExperimentExistsError(FileExistsError):
     pass
-
-
-def code_version() -> str:
-    """kidwhisper version plus the git commit when run from a checkout."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(kidwhisper.__file__).parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return f"{kidwhisper.__version__}+{commit}"
 
 
 class Experiment:
@@ -47,14 +32,23 @@ class Experiment:
         self.dir = Path(config.output.experiments_dir) / self.name
         self.checkpoint_dir = Path(config.output.checkpoints_dir) / self.name
 
+    def finished(self) -> bool:
+        try:
+            return bool(json.loads((self.dir / "metrics.json").read_text()).get("finished"))
+        except (OSError, ValueError):
+            return False
+
     def create(self, overwrite: bool = False) -> Experiment:
-        if (self.dir / "metrics.json").exists() and not overwrite:
+        """Make the folder; refuse to clobber a finished run unless `overwrite`."""
+        if self.finished() and not overwrite:
             raise ExperimentExistsError(
                 f"{self.dir} already holds a finished run: pass --overwrite to replace it, "
                 f"or pick another name with output.name=..."
             )
-        if overwrite and self.checkpoint_dir.exists():
-            shutil.rmtree(self.checkpoint_dir)
+        if overwrite:
+            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+            for old in self.dir.glob("predictions_step*.jsonl"):
+                old.unlink()
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "config.yaml").write_text(dump_config(self.config), encoding="utf-8")
         return self
@@ -69,9 +63,36 @@ class Experiment:
         return path
 
     def write_results(self, metrics: dict) -> Path:
+        if metrics.get("loss_curve"):
+            plot_learning_curve(metrics, self.dir / "learning_curve.png")
         path = self.dir / "results.md"
         path.write_text(results_markdown(self.name, self.config, metrics), encoding="utf-8")
         return path
+
+
+def plot_learning_curve(metrics: dict, path: Path) -> Path:
+    """Training loss per step and dev WER per evaluation, one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    curve, evals = metrics.get("loss_curve", []), metrics.get("evals", [])
+    fig, loss_ax = plt.subplots(figsize=(7, 4), dpi=100)
+    loss_ax.plot([p["step"] for p in curve], [p["loss"] for p in curve], color="tab:blue")
+    loss_ax.set_xlabel("optimizer step")
+    loss_ax.set_ylabel("training loss (per token)", color="tab:blue")
+    if evals:
+        wer_ax = loss_ax.twinx()
+        wer_ax.plot(
+            [e["step"] for e in evals], [100 * e["wer"] for e in evals], "o-", color="tab:red"
+        )
+        wer_ax.set_ylabel("dev WER (%)", color="tab:red")
+    loss_ax.set_title(metrics.get("name", ""))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def environment() -> dict:
@@ -122,24 +143,35 @@ def results_markdown(name: str, config: Config, metrics: dict) -> str:
     if curve:
         lines += [
             "",
-            f"Training loss: {curve[0]['loss']:.3f} at step 1 -> {curve[-1]['loss']:.3f} "
+            "## Learning curve",
+            "",
+            f"Training loss {curve[0]['loss']:.3f} at step 1, {curve[-1]['loss']:.3f} "
             f"at step {curve[-1]['step']}.",
+            "",
+            "![learning curve](learning_curve.png)",
         ]
     lines += ["", f"Code {metrics.get('environment', {}).get('code_version', '?')}.", ""]
     return "\n".join(lines)
 
 
-def run_experiment(config: Config, overwrite: bool = False) -> dict:
+def run_experiment(config: Config, overwrite: bool = False, resume: bool = False) -> dict:
     """Train as `config` says, recording everything in the experiment folder.
 
-    Writes config.yaml first, then metrics.json and results.md after every evaluation (so a
-    run that dies still leaves its figures), the dev predictions, and the final model in
-    transformers layout (with the resolved config beside it) under checkpoints/<name>/final.
+    An unfinished run of the same name continues from its latest checkpoint; a finished one
+    is only replaced with `overwrite`. Rank 0 writes config.yaml first, then metrics.json and
+    results.md after every evaluation (so a run that dies still leaves its figures), the dev
+    predictions, and the final model in transformers layout under checkpoints/<name>/final.
     """
+    from kidwhisper.checkpoint import latest_checkpoint
     from kidwhisper.evaluation import save_predictions
     from kidwhisper.training import pick_device, pick_dtype, train
 
-    experiment = Experiment(config).create(overwrite)
+    experiment = Experiment(config)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if resume and latest_checkpoint(experiment.checkpoint_dir) is None:
+        raise FileNotFoundError(f"--resume: no checkpoint under {experiment.checkpoint_dir}")
+    if is_main:
+        experiment.create(overwrite)
     start = time.perf_counter()
     device = pick_device(config.training.device)
     metrics: dict = {
@@ -148,33 +180,154 @@ def run_experiment(config: Config, overwrite: bool = False) -> dict:
         "pretrained": config.pretrained,
         "precision": str(pick_dtype(config.training.precision, device) or "fp32"),
         "environment": environment(),
+        "finished": False,
     }
 
-    def record(state, result) -> None:
-        key = "eval_before" if state.step == 0 else "eval_after"
-        metrics[key] = result.summary()
-        metrics.update(steps=state.step, samples=state.samples, loss_curve=state.loss_curve)
-        metrics.update(evals=state.evals, unreadable_clips=state.unreadable)
-        metrics["wall_seconds"] = time.perf_counter() - start
-        save_predictions(result, experiment.dir / f"predictions_step{state.step}.jsonl")
+    def record(state, result=None) -> None:
+        evals = state.evals
+        metrics.update(
+            eval_before=evals[0] if evals and evals[0]["step"] == 0 else None,
+            eval_after=evals[-1] if evals and evals[-1]["step"] > 0 else None,
+            best_wer=state.best_wer,
+            best_step=state.best_step,
+            steps=state.step,
+            samples=state.samples,
+            train_utterances=state.train_utterances,
+            train_seconds=state.train_seconds,
+            peak_memory_mb=state.peak_memory_mb,
+            stopped_early=state.stopped_early,
+            loss_curve=state.loss_curve,
+            evals=evals,
+            unreadable_clips=state.unreadable,
+            wall_seconds=time.perf_counter() - start,
+        )
+        if result is not None:
+            save_predictions(result, experiment.dir / f"predictions_step{state.step}.jsonl")
         experiment.write_metrics(metrics)
         experiment.write_results(metrics)
 
-    wm, state = train(config, on_eval=record)
-    metrics.update(
-        steps=state.step,
-        samples=state.samples,
-        train_utterances=state.train_utterances,
-        train_seconds=state.train_seconds,
-        peak_memory_mb=state.peak_memory_mb,
-        loss_curve=state.loss_curve,
-        evals=state.evals,
-        unreadable_clips=state.unreadable,
-        wall_seconds=time.perf_counter() - start,
-    )
-    wm.save(experiment.model_dir)
-    (experiment.model_dir / "kidwhisper.yaml").write_text(dump_config(config), encoding="utf-8")
-    metrics["model_dir"] = str(experiment.model_dir)
-    experiment.write_metrics(metrics)
-    experiment.write_results(metrics)
+    wm, state = train(config, on_eval=record if is_main else None)
+    if is_main:
+        wm.save(experiment.model_dir)
+        (experiment.model_dir / "kidwhisper.yaml").write_text(dump_config(config), encoding="utf-8")
+        metrics.update(model_dir=str(experiment.model_dir), finished=True)
+        record(state)
     return metrics
+
+
+# --- the seed's workflow: sequential folders, templates, a results table, archiving ---------
+
+TEMPLATES = "templates"
+RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
+MAIN_PY = '''"""Run this experiment: python -m experiments.{name}.main (or torchrun ... -m)."""
+from kidwhisper.experiments import run_folder
+
+run_folder(__file__)
+'''
+
+
+def _number(folder: Path) -> int | None:
+    tail = folder.name.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+def new_experiment(kind: str, root: Path, source: str | None = None) -> Path:
+    """Create `<root>/<kind>_<NNN>/` (the next number across all experiments) with the config
+    of `source` (an experiment name or a config file; default the template) and a main.py."""
+    if not kind.replace("-", "_").replace("_", "").isalnum():
+        raise ValueError(f"experiment name {kind!r}: use letters, digits and underscores")
+    root.mkdir(parents=True, exist_ok=True)
+    numbers = [n for p in root.iterdir() if p.is_dir() and (n := _number(p)) is not None]
+    folder = root / f"{kind}_{max(numbers, default=0) + 1:03d}"
+    if source is None:
+        config_file = root / TEMPLATES / "config_template.yaml"
+    elif (root / source / "config.yaml").is_file():
+        config_file = root / source / "config.yaml"
+    else:
+        config_file = Path(source)
+    config = load_config(config_file, check_paths=False)
+    config.output.name, config.output.experiments_dir = folder.name, str(root)
+    folder.mkdir()
+    (folder / "config.yaml").write_text(dump_config(config), encoding="utf-8")
+    (folder / "main.py").write_text(MAIN_PY.format(name=folder.name), encoding="utf-8")
+    (folder / "__init__.py").touch()
+    if not (root / "__init__.py").exists():
+        (root / "__init__.py").touch()
+    return folder
+
+
+def run_folder(main_file: str, argv: list[str] | None = None) -> dict:
+    """Run the experiment whose folder holds `main_file` (what each main.py calls).
+    Extra command-line arguments are config overrides (`training.lr=2e-5`)."""
+    import logging
+    import sys
+
+    folder = Path(main_file).resolve().parent
+    overrides = sys.argv[1:] if argv is None else argv
+    overrides = [*overrides, f"output.name={folder.name}"]
+    overrides.append(f"output.experiments_dir={folder.parent}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    return run_experiment(load_config(folder / "config.yaml", overrides))
+
+
+def collect_results(root: Path) -> list[dict]:
+    """One row per experiment with a metrics.json, in experiment order."""
+    rows = []
+    for path in sorted(root.glob("*/metrics.json"), key=lambda p: (_number(p.parent) or 0, p)):
+        m = json.loads(path.read_text())
+        before, after = m.get("eval_before") or {}, m.get("eval_after") or {}
+        rows.append(
+            {
+                "name": path.parent.name,
+                "variant": m.get("variant"),
+                "steps": m.get("steps"),
+                "before": before.get("wer"),
+                "after": after.get("wer"),
+                "best": m.get("best_wer"),
+                "by_age": after.get("wer_by_age", {}),
+                "minutes": (m.get("wall_seconds") or 0) / 60,
+                "finished": m.get("finished", False),
+            }
+        )
+    return rows
+
+
+def results_table(rows: list[dict]) -> str:
+    lines = [
+        "| experiment | variant | steps | WER before | WER after | best | WER by age (after) | "
+        "minutes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ages = ", ".join(f"{k}: {_pct(v)}" for k, v in sorted(r["by_age"].items()))
+        status = "" if r["finished"] else " (unfinished)"
+        lines.append(
+            f"| {r['name']}{status} | {r['variant']} | {r['steps']} | {_pct(r['before'])} | "
+            f"{_pct(r['after'])} | {_pct(r['best'])} | {ages} | {r['minutes']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, table: str) -> None:
+    """Replace the text between the results markers of `readme` (appending them if absent)."""
+    text = readme.read_text(encoding="utf-8") if readme.exists() else ""
+    block = f"{RESULTS_START}\n{table}\n{RESULTS_END}"
+    if RESULTS_START in text and RESULTS_END in text:
+        head, rest = text.split(RESULTS_START, 1)
+        text = head + block + rest.split(RESULTS_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n## Latest results\n\n" + block + "\n"
+    readme.write_text(text, encoding="utf-8")
+
+
+def archive(name: str, checkpoints_root: Path) -> Path:
+    """Move `checkpoints/<name>` (weights, TensorBoard logs) to `checkpoints/archived/<name>`."""
+    source = checkpoints_root / name
+    target = checkpoints_root / "archived" / name
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source}: no such run to archive")
+    if target.exists():
+        raise FileExistsError(f"{target} already exists: rename or remove it first")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(source), str(target))
+    return target

@@ -124,7 +124,9 @@ class _staging:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
-        if self.target.exists():  # another process finished first
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        else:
+        try:
             os.replace(self.tmp, self.target)
+        except OSError:
+            if not self.target.exists():
+                raise
+            shutil.rmtree(self.tmp, ignore_errors=True)  # another process finished first
