@@ -63,7 +63,9 @@ def _weights(tmp_path: Path, name: str) -> dict[str, torch.Tensor]:
     return load_file(tmp_path / "checkpoints" / name / "final" / "model.safetensors")
 
 
-def test_two_processes_match_one_with_the_same_global_batch(real_manifest: Path, tmp_path: Path):
+def test_ddp_and_fsdp_match_one_process_with_the_same_global_batch(
+    real_manifest: Path, tmp_path: Path
+):
     steps = ["training.max_steps=2"]
     _run(_args(real_manifest, tmp_path, "one", *steps, "training.batch_size=4"))
     _run(
@@ -77,17 +79,22 @@ def test_two_processes_match_one_with_the_same_global_batch(real_manifest: Path,
         )
     )
     _run(_args(real_manifest, tmp_path, "two", *steps, "training.batch_size=2"), nproc=2)
+    fsdp = ["training.batch_size=2", "training.strategy=fsdp"]
+    _run(_args(real_manifest, tmp_path, "fsdp", *steps, *fsdp), nproc=2)
 
-    one, accum, two = (_metrics(tmp_path, n)["loss_curve"] for n in ("one", "accum", "two"))
-    for curve in (accum, two):
+    names = ("one", "accum", "two", "fsdp")
+    one, *others = (_metrics(tmp_path, n)["loss_curve"] for n in names)
+    for curve in others:
         assert [p["step"] for p in curve] == [1, 2]
         for a, b in zip(one, curve, strict=True):
             assert abs(a["loss"] - b["loss"]) < 1e-4 * abs(a["loss"]), (one, curve)
     reference = _weights(tmp_path, "one")
-    for name in ("accum", "two"):
-        for key, tensor in _weights(tmp_path, name).items():
+    for name in names[1:]:
+        weights = _weights(tmp_path, name)
+        assert weights.keys() == reference.keys(), name
+        for key, tensor in weights.items():
             assert torch.allclose(tensor, reference[key], atol=5e-4), (name, key)
-    assert _metrics(tmp_path, "two")["eval_after"]["utterances"] == 2
+        assert _metrics(tmp_path, name)["eval_after"]["utterances"] == 2
 
 
 def test_sigkill_then_resume_reaches_the_same_weights(real_manifest: Path, tmp_path: Path):

@@ -107,6 +107,31 @@ def cmd_archive(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from kidwhisper.models.memory import estimate, parameter_count
+    from kidwhisper.models.variants import get_variant
+
+    config = load_config(args.config, args.overrides, check_paths=False)
+    t = config.training
+    variant = get_variant(config.model.variant)
+    device = "cuda" if args.device == "cuda" else "cpu"
+    mixed = device == "cuda" and t.precision != "fp32"
+    print(
+        f"{variant.name}: {parameter_count(variant) / 1e6:.1f}M parameters, micro-batch "
+        f"{t.batch_size}, {args.tokens} label tokens, {device}, "
+        f"{'bf16/fp16' if mixed else 'fp32'} activations"
+    )
+    both = [
+        estimate(variant, t.batch_size, args.tokens, ckpt, mixed, device) for ckpt in (False, True)
+    ]
+    print(f"{'GiB':<12}{'no checkpointing':>18}{'checkpointing':>16}")
+    for (part, plain), (_, ckpt) in zip(both[0].rows(), both[1].rows(), strict=True):
+        print(f"{part:<12}{plain:>18.2f}{ckpt:>16.2f}")
+    chosen = "on" if t.gradient_checkpointing else "off"
+    print(f"this config has gradient checkpointing {chosen}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kidwhisper", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -138,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="folder with model.bin, config.json, tokenizer.json")
     p.add_argument("out", help="output folder (safetensors)")
     p.set_defaults(func=cmd_import_ct2)
+
+    p = sub.add_parser("estimate", help="training memory per part, from the config's variant")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--tokens", type=int, default=64, help="label length (padded) per clip")
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser("new-experiment", help="create the next experiments/<name>_NNN folder")
     p.add_argument("name", help="kind of experiment, e.g. baseline or experiment")

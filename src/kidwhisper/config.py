@@ -65,6 +65,8 @@ class TrainingConfig:
     max_grad_norm: float = field(default=1.0, metadata={"gt": 0})
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = True
+    # With several processes: ddp (whole model per process) or fsdp (sharded, for large-v3).
+    strategy: Literal["ddp", "fsdp"] = "ddp"
     eval_every_steps: int | None = field(default=None, metadata=_min(1))  # also checkpoints
     save_every_steps: int | None = field(default=None, metadata=_min(1))
     keep_checkpoints: int = field(default=2, metadata=_min(1))  # newest kept, plus the best

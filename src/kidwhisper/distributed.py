@@ -89,9 +89,115 @@ def barrier() -> None:
 
 @contextlib.contextmanager
 def maybe_no_sync(model: torch.nn.Module, sync: bool) -> Iterator[None]:
-    """Skip DDP's gradient all-reduce on all but the last micro-step of a window."""
-    if sync or not hasattr(model, "no_sync"):
+    """Skip the gradient all-reduce (DDP) or reduce-scatter (FSDP) on all but the last
+    micro-step of an accumulation window."""
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP
+        model.set_requires_gradient_sync(sync)
+        yield
+    elif sync or not hasattr(model, "no_sync"):
         yield
     else:
         with model.no_sync():
             yield
+
+
+# --- DDP or FSDP: wrapping the model and moving whole state dicts in and out ---------------
+
+
+def wrap(model: torch.nn.Module, strategy: str, env: Dist) -> torch.nn.Module:
+    """DDP (every process holds the whole model) or FSDP (torch's `fully_shard`: parameters,
+    gradients and optimizer state sharded across processes, one unit per transformer layer,
+    for the variants that do not fit one GPU). Unchanged on a single process."""
+    if not env.enabled:
+        return model
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in [*model.model.encoder.layers, *model.model.decoder.layers]:
+            fully_shard(layer)
+        fully_shard(model)  # the root unit: convolutions, embeddings, tied output layer
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)
+
+
+def _is_fsdp(model: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def _full_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The whole (unsharded) state dict; a collective under FSDP, so call it on every rank."""
+    if _is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        state = get_model_state_dict(model, options=_full_options())
+        # The full state dict lists the tied output projection under both names; save it
+        # once, as transformers does, so every checkpoint has the same keys.
+        if getattr(model.config, "tie_word_embeddings", False):
+            state.pop("proj_out.weight", None)
+        return state
+    return unwrap(model).state_dict()
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    if _is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+        set_model_state_dict(model, state, options=_full_options())
+        return
+    missing, unexpected = unwrap(model).load_state_dict(state, strict=False)
+    if unexpected or set(missing) - {"proj_out.weight"}:  # proj_out is tied, not saved
+        raise ValueError(
+            f"weights do not fit the model: missing {missing}, unexpected {unexpected}"
+        )
+
+
+def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    if _is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        return get_optimizer_state_dict(model, optimizer, options=_full_options())
+    return optimizer.state_dict()
+
+
+def load_optimizer_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict
+) -> None:
+    if _is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, state, options=_full_options())
+        return
+    optimizer.load_state_dict(state)
+
+
+@contextlib.contextmanager
+def gathered(model: torch.nn.Module) -> Iterator[None]:
+    """Whole parameters on every process for the duration (FSDP), e.g. for decoding, which
+    calls the encoder and decoder directly rather than the root module's forward."""
+    if not _is_fsdp(model):
+        yield
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()

@@ -206,9 +206,12 @@ def run_experiment(config: Config, overwrite: bool = False, resume: bool = False
         experiment.write_metrics(metrics)
         experiment.write_results(metrics)
 
-    wm, state = train(config, on_eval=record if is_main else None)
+    _, state = train(config, on_eval=record if is_main else None)
     if is_main:
-        wm.save(experiment.model_dir)
+        # The last step always ends with a checkpoint: its model is the final model.
+        last = latest_checkpoint(experiment.checkpoint_dir)
+        shutil.rmtree(experiment.model_dir, ignore_errors=True)
+        shutil.copytree(last / "model", experiment.model_dir)
         (experiment.model_dir / "kidwhisper.yaml").write_text(dump_config(config), encoding="utf-8")
         metrics.update(model_dir=str(experiment.model_dir), finished=True)
         record(state)
@@ -220,6 +223,7 @@ def run_experiment(config: Config, overwrite: bool = False, resume: bool = False
 TEMPLATES = "templates"
 RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
 MAIN_PY = '''"""Run this experiment: python -m experiments.{name}.main (or torchrun ... -m)."""
+
 from kidwhisper.experiments import run_folder
 
 run_folder(__file__)
@@ -246,7 +250,8 @@ def new_experiment(kind: str, root: Path, source: str | None = None) -> Path:
     else:
         config_file = Path(source)
     config = load_config(config_file, check_paths=False)
-    config.output.name, config.output.experiments_dir = folder.name, str(root)
+    # Relative, so the folder can be committed and cloned; main.py sets it again anyway.
+    config.output.name, config.output.experiments_dir = folder.name, os.path.relpath(root)
     folder.mkdir()
     (folder / "config.yaml").write_text(dump_config(config), encoding="utf-8")
     (folder / "main.py").write_text(MAIN_PY.format(name=folder.name), encoding="utf-8")
@@ -265,7 +270,7 @@ def run_folder(main_file: str, argv: list[str] | None = None) -> dict:
     folder = Path(main_file).resolve().parent
     overrides = sys.argv[1:] if argv is None else argv
     overrides = [*overrides, f"output.name={folder.name}"]
-    overrides.append(f"output.experiments_dir={folder.parent}")
+    overrides.append(f"output.experiments_dir={os.path.relpath(folder.parent)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     return run_experiment(load_config(folder / "config.yaml", overrides))
 

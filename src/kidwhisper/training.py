@@ -24,7 +24,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -172,7 +171,7 @@ class Run:
         model.config.use_cache = False  # the KV cache only helps generation
         if tc.gradient_checkpointing:
             model.gradient_checkpointing_enable({"use_reentrant": False})
-        self.model = DistributedDataParallel(model) if self.dist.enabled else model
+        self.model = distributed.wrap(model, tc.strategy, self.dist)
 
         train_set = load_utterances(config.data.train, config.data.max_train_samples)
         self.eval_set = load_utterances([config.data.eval] if config.data.eval else [], None)
@@ -200,10 +199,6 @@ class Run:
         self.position = [0, 0]  # this rank's [epoch, batches used]
         self.root = Path(config.output.checkpoints_dir) / config.output.name
         self.writer = None
-
-    @property
-    def raw_model(self) -> torch.nn.Module:
-        return self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -249,9 +244,10 @@ class Run:
             return None
         ev, d = self.config.evaluation, self.dist
         shard = self.eval_set[d.rank :: d.world_size]
-        texts, errors = transcribe(
-            self.wm, shard, ev.batch_size, ev.max_new_tokens, progress=d.is_main
-        )
+        with distributed.gathered(self.model):
+            texts, errors = transcribe(
+                self.wm, shard, ev.batch_size, ev.max_new_tokens, progress=d.is_main
+            )
         all_texts, all_errors = {}, []
         for part_texts, part_errors in distributed.gather_objects((texts, errors)):
             all_texts.update(part_texts)
@@ -261,7 +257,7 @@ class Run:
     def trainer_state(self) -> dict:
         self.state.sampler = [list(p) for p in distributed.gather_objects(list(self.position))]
         return {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": distributed.optimizer_state(self.model, self.optimizer),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": distributed.gather_objects(ckpt.rng_state()),
@@ -269,12 +265,14 @@ class Run:
         }
 
     def save(self, wer: float | None) -> None:
-        trainer_state = self.trainer_state()  # collective: every rank takes part
+        # Collectives first: every rank takes part in gathering the whole state.
+        trainer_state = self.trainer_state()
+        weights = distributed.model_state(self.model)
         if self.dist.is_main:
             ckpt.save_checkpoint(
                 self.root,
                 self.state.step,
-                self.wm.save,
+                lambda folder: self.wm.save(folder, state_dict=weights),
                 trainer_state,
                 {"step": self.state.step, "wer": wer, "code_version": ckpt.code_version()},
                 dump_config(self.config),
@@ -287,12 +285,9 @@ class Run:
         latest = ckpt.latest_checkpoint(self.root)
         if latest is None:
             return False
-        weights = load_file(latest / "model" / "model.safetensors")
-        missing, unexpected = self.raw_model.load_state_dict(weights, strict=False)
-        if unexpected or set(missing) - {"proj_out.weight"}:  # proj_out is tied, not saved
-            raise ValueError(f"{latest}: weights do not fit the model ({missing}, {unexpected})")
+        distributed.load_model_state(self.model, load_file(latest / "model" / "model.safetensors"))
         saved = ckpt.load_trainer_state(latest)
-        self.optimizer.load_state_dict(saved["optimizer"])
+        distributed.load_optimizer_state(self.model, self.optimizer, saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
         self.state = TrainState(**saved["state"])
@@ -329,6 +324,7 @@ def train(config: Config, on_eval=None, resume: bool = True) -> tuple[WhisperMod
 
     def evaluate_and_save() -> bool:
         """Evaluate, checkpoint, and say whether early stopping has run out of patience."""
+        state.peak_memory_mb = max(state.peak_memory_mb, peak_memory_mb(run.device))
         result = run.evaluate()
         wer = result.wer if result else None
         if result is not None:
@@ -353,13 +349,14 @@ def train(config: Config, on_eval=None, resume: bool = True) -> tuple[WhisperMod
 
     batches = batch_stream(run.loader, run.sampler, run.position, state)
     run.model.train()
-    start, start_step = time.perf_counter(), state.step
+    start_step = state.step
     progress = tqdm(
         total=run.total_steps, initial=state.step, desc="training", disable=not run.dist.is_main
     )
     while state.step < run.total_steps:
         step_start = time.perf_counter()
         loss, grad_norm = run.train_step(batches)
+        state.train_seconds += time.perf_counter() - step_start  # kept across resumes
         lr = run.scheduler.get_last_lr()[0]
         progress.update(1)
         progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
@@ -381,9 +378,8 @@ def train(config: Config, on_eval=None, resume: bool = True) -> tuple[WhisperMod
         elif tc.save_every_steps and state.step % tc.save_every_steps == 0:
             run.save(None)
     progress.close()
-    state.train_seconds += time.perf_counter() - start
-    state.peak_memory_mb = peak_memory_mb(run.device)
-    log.info("trained %d steps in %.0f s", state.step - start_step, state.train_seconds)
+    state.peak_memory_mb = max(state.peak_memory_mb, peak_memory_mb(run.device))
+    log.info("trained %d steps, %.0f s in all", state.step - start_step, state.train_seconds)
     if writer:
         writer.close()
     return run.wm, state

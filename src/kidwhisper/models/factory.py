@@ -116,10 +116,11 @@ class WhisperModel:
     def n_mels(self) -> int:
         return self.variant.n_mels
 
-    def save(self, out: str | Path) -> Path:
-        """Write a plain transformers folder (safetensors) that `from_pretrained` loads."""
+    def save(self, out: str | Path, state_dict: dict | None = None) -> Path:
+        """Write a plain transformers folder (safetensors) that `from_pretrained` loads;
+        `state_dict` replaces the model's own (e.g. gathered from FSDP shards)."""
         out = Path(out)
-        self.model.save_pretrained(out, safe_serialization=True)
+        self.model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
         self.tokenizer.save_pretrained(out)
         self.feature_extractor.save_pretrained(out)
         return out
