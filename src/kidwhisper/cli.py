@@ -1,4 +1,4 @@
-"""The `kidwhisper` command: train, evaluate, import-ct2, experiments, report, archive.
+"""The `kidwhisper` command: train, evaluate, import-ct2, average, estimate, experiments.
 
 Every subcommand is a thin shell over a recipe; errors a user can fix (a bad config, a
 missing file) are printed as one line naming the file and key, without a traceback.
@@ -13,10 +13,18 @@ import sys
 from pathlib import Path
 
 from kidwhisper.audio import AudioError
-from kidwhisper.config import ConfigError, load_config
+from kidwhisper.config import ConfigError, EvaluationConfig, load_config
 from kidwhisper.data import ManifestError
+from kidwhisper.models.averaging import AveragingError
 
-USER_ERRORS = (ConfigError, ManifestError, AudioError, FileNotFoundError, FileExistsError)
+USER_ERRORS = (
+    ConfigError,
+    ManifestError,
+    AudioError,
+    AveragingError,
+    FileNotFoundError,
+    FileExistsError,
+)
 
 
 def _pct(value: float) -> str:
@@ -43,14 +51,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from kidwhisper.evaluation import evaluate, save_predictions
+    from kidwhisper.evaluation import decoding_options, evaluate, save_predictions
     from kidwhisper.models import load_model
     from kidwhisper.training import pick_device
 
     wm = load_model(args.model, args.variant)
     wm.model.to(pick_device(args.device))
     utterances = _read(args.data, args.limit)
-    result = evaluate(wm, utterances, args.batch_size, args.max_new_tokens)
+    guards = {} if args.guards else {"max_tokens_per_second": None, "repetition_limit": None}
+    ev = EvaluationConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, **guards)
+    result = evaluate(wm, utterances, ev.batch_size, decoding_options(ev))
     out = args.out or Path(args.data).with_suffix(".predictions.jsonl").name
     save_predictions(result, out)
     print(f"WER {_pct(result.wer)} on {len(utterances)} utterances ({result.seconds:.1f} s)")
@@ -74,6 +84,14 @@ def cmd_import_ct2(args: argparse.Namespace) -> int:
 
     model = import_ct2(Path(args.src), Path(args.out))
     print(f"wrote {args.out} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params)")
+    return 0
+
+
+def cmd_average(args: argparse.Namespace) -> int:
+    from kidwhisper.models.averaging import average_checkpoints
+
+    out = average_checkpoints(args.checkpoints, Path(args.out), args.weights)
+    print(f"averaged {len(args.checkpoints)} checkpoints into {out}")
     return 0
 
 
@@ -152,8 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="transformers folder, bundled:tiny.en, bundled:base or Hub id")
     p.add_argument("--data", required=True, help="competition-format jsonl with references")
     p.add_argument("--variant", help="model variant (read from the weights when unset)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=EvaluationConfig.batch_size)
+    p.add_argument("--max-new-tokens", type=int, default=EvaluationConfig.max_new_tokens)
+    p.add_argument(
+        "--no-guards",
+        dest="guards",
+        action="store_false",
+        help="no duration-based token limit and no repetition guard (plain greedy decoding)",
+    )
     p.add_argument("--limit", type=int, help="only the first N utterances")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="predictions jsonl (default: <data>.predictions.jsonl here)")
@@ -163,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="folder with model.bin, config.json, tokenizer.json")
     p.add_argument("out", help="output folder (safetensors)")
     p.set_defaults(func=cmd_import_ct2)
+
+    p = sub.add_parser("average", help="average the weights of checkpoints (model soup)")
+    p.add_argument(
+        "checkpoints", nargs="+", help="model folders or checkpoints/<run>/step_N folders"
+    )
+    p.add_argument("--out", required=True, help="output model folder (transformers layout)")
+    p.add_argument("--weights", type=float, nargs="+", help="one per checkpoint (default equal)")
+    p.set_defaults(func=cmd_average)
 
     p = sub.add_parser("estimate", help="training memory per part, from the config's variant")
     p.add_argument("config")

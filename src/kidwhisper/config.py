@@ -80,6 +80,9 @@ class TrainingConfig:
 class EvaluationConfig:
     batch_size: int = field(default=16, metadata=_min(1))
     max_new_tokens: int = field(default=128, metadata={"min": 1, "max": 444})
+    # Decoding guards (see decoding.py); null turns one off.
+    max_tokens_per_second: float | None = field(default=6.0, metadata={"min": 0.5})
+    repetition_limit: int | None = field(default=4, metadata={"min": 2})
     before_training: bool = True  # also score the starting model (zero-shot WER)
 
 

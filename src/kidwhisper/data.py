@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 from transformers import WhisperTokenizerFast
 
-from kidwhisper.audio import AudioError, load_audio, log_mel
+from kidwhisper.audio import SAMPLE_RATE, AudioError, load_audio, log_mel
 from kidwhisper.text import SpecialTokens, encode_labels
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,9 @@ class SpeechDataset(Dataset):
         utt = self.utterances[index]
         item: dict = {"index": index, "utterance_id": utt.utterance_id}
         try:
-            item["input_features"] = log_mel(load_audio(utt.audio), self.n_mels)
+            audio = load_audio(utt.audio)
+            item["input_features"] = log_mel(audio, self.n_mels)
+            item["duration"] = len(audio) / SAMPLE_RATE
         except AudioError as err:
             item["error"] = str(err)
             return item
@@ -141,6 +143,7 @@ class WhisperCollator:
         if not good:
             return batch
         batch["input_features"] = torch.from_numpy(np.stack([i["input_features"] for i in good]))
+        batch["durations"] = [item["duration"] for item in good]
         if "labels" in good[0]:
             batch.update(self._pad([item["labels"] for item in good]))
         return batch

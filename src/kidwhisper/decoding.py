@@ -3,11 +3,17 @@
 The loop is written out rather than delegated to `generate` so that every rule is visible
 and testable: the prompt comes from the model's own special ids, special and timestamp
 tokens are suppressed (no-timestamps transcription), a blank first token is suppressed,
-and each clip stops at <|endoftext|> or at `max_new_tokens`.
+and each clip stops at <|endoftext|> or at its token limit.
+
+Two guards keep a clip from looping ("i am sorry i am sorry ...", common for zero-shot
+Whisper on child speech): the token limit grows with the clip's duration instead of being
+one number for every clip, and a tail that repeats the same n-gram `repetition_limit` times
+in a row ends the clip, keeping one copy.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -16,11 +22,33 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from kidwhisper.text import SpecialTokens
 
+MIN_TOKENS = 8  # the duration-based limit never goes below this
+MAX_REPEATED_NGRAM = 16  # longest repeating unit (in tokens) the repetition guard looks for
+
 
 @dataclass(frozen=True)
 class DecodingOptions:
     max_new_tokens: int = 128
+    # Per-clip limit MIN_TOKENS + rate x seconds (None: max_new_tokens for every clip). Read
+    # child speech runs at up to 3 tokens/s (so762-kids), fast adult speech about 4.
+    max_tokens_per_second: float | None = 6.0
+    repetition_limit: int | None = 4  # None: off; the references have at most 3 in a row
     suppress_blank: bool = True  # no " " or <|endoftext|> as the first token
+
+    def token_limits(self, durations: list[float] | None, batch: int) -> list[int]:
+        if durations is None or self.max_tokens_per_second is None:
+            return [self.max_new_tokens] * batch
+        rate = self.max_tokens_per_second
+        return [min(self.max_new_tokens, MIN_TOKENS + math.ceil(rate * d)) for d in durations]
+
+
+def repeated_tail(tokens: list[int], times: int) -> int:
+    """Length n of the shortest n-gram that ends `tokens` `times` times in a row, else 0."""
+    for n in range(1, min(MAX_REPEATED_NGRAM, len(tokens) // times) + 1):
+        unit = tokens[-n:]
+        if all(tokens[-n * (k + 1) : len(tokens) - n * k] == unit for k in range(1, times)):
+            return n
+    return 0
 
 
 def _suppressed_ids(model: WhisperForConditionalGeneration, special: SpecialTokens) -> list[int]:
@@ -41,8 +69,10 @@ def greedy_decode(
     features: torch.Tensor,
     special: SpecialTokens,
     options: DecodingOptions | None = None,
+    durations: list[float] | None = None,
 ) -> list[list[int]]:
-    """Token ids (without prompt and <|endoftext|>) for a batch of log-mel `features`."""
+    """Token ids (without prompt and <|endoftext|>) for a batch of log-mel `features`;
+    `durations` (seconds of audio per clip) set the per-clip token limits."""
     options = options or DecodingOptions()
     device = next(model.parameters()).device
     features = features.to(device=device, dtype=model.dtype)
@@ -53,9 +83,10 @@ def greedy_decode(
     blank = torch.tensor(_blank_ids(model, special), device=device)
     cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
     inputs = torch.tensor([special.prefix] * batch, device=device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    steps: list[torch.Tensor] = []
-    for step in range(options.max_new_tokens):
+    limits = options.token_limits(durations, batch)
+    out: list[list[int]] = [[] for _ in range(batch)]
+    done = [limit == 0 for limit in limits]
+    for step in range(max(limits)):
         hidden = model.model.decoder(
             input_ids=inputs,
             encoder_hidden_states=encoder_states,
@@ -67,16 +98,22 @@ def greedy_decode(
         if step == 0 and options.suppress_blank:
             logits[:, blank] = -torch.inf
         tokens = logits.argmax(dim=-1)
-        tokens[finished] = special.eot
-        steps.append(tokens)
-        finished |= tokens == special.eot
-        if finished.all():
+        for i, token in enumerate(tokens.tolist()):
+            if not done[i]:
+                done[i] = _append(out[i], token, limits[i], special.eot, options)
+        if all(done):
             break
-        inputs = tokens[:, None]
+        # Finished clips keep decoding <|endoftext|> (their output is already final).
+        inputs = tokens.masked_fill(torch.tensor(done, device=device), special.eot)[:, None]
+    return out
 
-    out = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(batch)]
-    return [_until_eot(seq, special.eot) for seq in out]
 
-
-def _until_eot(tokens: list[int], eot: int) -> list[int]:
-    return tokens[: tokens.index(eot)] if eot in tokens else tokens
+def _append(tokens: list[int], token: int, limit: int, eot: int, options) -> bool:
+    """Add `token` to a clip's output; say whether the clip is finished."""
+    if token == eot:
+        return True
+    tokens.append(token)
+    if options.repetition_limit and (n := repeated_tail(tokens, options.repetition_limit)):
+        del tokens[len(tokens) - n * (options.repetition_limit - 1) :]
+        return True
+    return len(tokens) >= limit

@@ -31,7 +31,7 @@ from kidwhisper import checkpoint as ckpt
 from kidwhisper import distributed
 from kidwhisper.config import Config, dump_config, resolve_path
 from kidwhisper.data import IGNORE_INDEX, SpeechDataset, Utterance, WhisperCollator, read_manifest
-from kidwhisper.evaluation import EvalResult, score_predictions, transcribe
+from kidwhisper.evaluation import EvalResult, decoding_options, score_predictions, transcribe
 from kidwhisper.models import ModelFactory, WhisperModel
 from kidwhisper.sampling import ResumableBatchSampler
 
@@ -246,7 +246,7 @@ class Run:
         shard = self.eval_set[d.rank :: d.world_size]
         with distributed.gathered(self.model):
             texts, errors = transcribe(
-                self.wm, shard, ev.batch_size, ev.max_new_tokens, progress=d.is_main
+                self.wm, shard, ev.batch_size, decoding_options(ev), progress=d.is_main
             )
         all_texts, all_errors = {}, []
         for part_texts, part_errors in distributed.gather_objects((texts, errors)):

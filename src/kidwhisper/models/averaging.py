@@ -1,0 +1,95 @@
+"""Weight averaging ("model soup"): the mean of several checkpoints of one architecture.
+
+The 1st place of the "On Top of Pasketti" Word track went from WER 0.1977 to 0.1885 by
+averaging. Checkpoints can come from one run (the last K evaluations) or from several runs
+(different seeds) that started from the same model; averaging unrelated models does not work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from kidwhisper.models.factory import load_model
+
+log = logging.getLogger(__name__)
+
+WEIGHTS, INDEX = "model.safetensors", "model.safetensors.index.json"
+
+
+class AveragingError(ValueError):
+    """Checkpoints that cannot be averaged (different architectures, bad weights)."""
+
+
+def model_folder(path: str | Path) -> Path:
+    """The transformers folder of `path`: itself, or the `model/` of a training checkpoint."""
+    path = Path(path)
+    for folder in (path, path / "model"):
+        if (folder / WEIGHTS).is_file() or (folder / INDEX).is_file():
+            return folder
+    raise FileNotFoundError(
+        f"{path}: no {WEIGHTS} here or in {path / 'model'}; give a transformers model folder "
+        "or a training checkpoint (checkpoints/<run>/step_N)"
+    )
+
+
+def load_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a transformers folder, single-file or sharded (safetensors only)."""
+    if (folder / WEIGHTS).is_file():
+        return load_file(folder / WEIGHTS)
+    shards = sorted(set(json.loads((folder / INDEX).read_text())["weight_map"].values()))
+    return {k: v for shard in shards for k, v in load_file(folder / shard).items()}
+
+
+def average_weights(
+    folders: list[Path], weights: list[float] | None = None
+) -> dict[str, torch.Tensor]:
+    """Weighted element-wise mean (weights normalised to sum to 1; uniform when unset)."""
+    if not folders:
+        raise AveragingError("nothing to average: give at least one checkpoint")
+    weights = weights or [1.0] * len(folders)
+    if len(weights) != len(folders) or any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise AveragingError(f"need one non-negative weight per checkpoint, got {weights}")
+    total = sum(weights)
+    mean: dict[str, torch.Tensor] = {}
+    dtypes: dict[str, torch.dtype] = {}
+    for folder, weight in zip(folders, weights, strict=True):
+        state = load_weights(folder)
+        if mean and state.keys() != mean.keys():
+            different = sorted(state.keys() ^ mean.keys())[:5]
+            raise AveragingError(f"{folder}: its tensors differ from {folders[0]}'s: {different}")
+        for key, tensor in state.items():
+            if key in mean and tensor.shape != mean[key].shape:
+                raise AveragingError(
+                    f"{folder}: {key} has shape {tuple(tensor.shape)}, "
+                    f"{folders[0]} has {tuple(mean[key].shape)}: not the same architecture"
+                )
+            dtypes.setdefault(key, tensor.dtype)
+            term = tensor.to(torch.float64) * (weight / total)
+            mean[key] = mean[key] + term if key in mean else term
+    return {key: tensor.to(dtypes[key]) for key, tensor in mean.items()}
+
+
+def average_checkpoints(
+    sources: list[str | Path], out: str | Path, weights: list[float] | None = None
+) -> Path:
+    """Average `sources` into a plain transformers folder `out` (tokenizer, feature
+    extractor and kidwhisper config taken from the first), with `averaged_from.json`."""
+    folders = [model_folder(s) for s in sources]
+    state = average_weights(folders, weights)
+    wm = load_model(str(folders[0]))
+    missing, unexpected = wm.model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - {"proj_out.weight"}:  # proj_out is tied, not saved
+        raise AveragingError(f"averaged weights do not fit: {missing=}, {unexpected=}")
+    out = wm.save(out)
+    if (folders[0] / "kidwhisper.yaml").is_file():
+        shutil.copy(folders[0] / "kidwhisper.yaml", out / "kidwhisper.yaml")
+    record = {"sources": [str(f) for f in folders], "weights": weights or [1.0] * len(folders)}
+    (out / "averaged_from.json").write_text(json.dumps(record, indent=2) + "\n")
+    log.info("averaged %d checkpoints into %s", len(folders), out)
+    return out
