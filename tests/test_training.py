@@ -12,7 +12,8 @@ from kidwhisper.cli import main
 from kidwhisper.config import load_config
 from kidwhisper.data import SpeechDataset, WhisperCollator, read_manifest
 from kidwhisper.evaluation import mean_loss
-from kidwhisper.training import lr_lambda, train
+from kidwhisper.schedule import lr_lambda
+from kidwhisper.training import train
 
 from .conftest import REPO
 

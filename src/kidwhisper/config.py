@@ -67,6 +67,9 @@ class TrainingConfig:
     gradient_checkpointing: bool = True
     # With several processes: ddp (whole model per process) or fsdp (sharded, for large-v3).
     strategy: Literal["ddp", "fsdp"] = "ddp"
+    # KL(p_start || p_model) towards the frozen starting model (anchor.py); 0 turns it off.
+    kl_weight: float = field(default=0.0, metadata=_min(0))
+    kl_schedule: Literal["constant", "cosine"] = "constant"
     eval_every_steps: int | None = field(default=None, metadata=_min(1))  # also checkpoints
     save_every_steps: int | None = field(default=None, metadata=_min(1))
     keep_checkpoints: int = field(default=2, metadata=_min(1))  # newest kept, plus the best

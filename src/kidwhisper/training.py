@@ -29,11 +29,13 @@ from tqdm import tqdm
 
 from kidwhisper import checkpoint as ckpt
 from kidwhisper import distributed
+from kidwhisper.anchor import KLAnchor, summed_kl
 from kidwhisper.config import Config, dump_config, resolve_path
 from kidwhisper.data import IGNORE_INDEX, SpeechDataset, Utterance, WhisperCollator, read_manifest
 from kidwhisper.evaluation import EvalResult, decoding_options, score_predictions, transcribe
 from kidwhisper.models import ModelFactory, WhisperModel
 from kidwhisper.sampling import ResumableBatchSampler
+from kidwhisper.schedule import build_optimizer, lr_lambda
 
 log = logging.getLogger(__name__)
 
@@ -84,32 +86,6 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def lr_lambda(schedule: str, warmup: int, total: int):
-    """Linear warmup to the peak, then linear or cosine decay to zero (or constant)."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        if schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 1.0 - progress
-
-    return factor
-
-
-def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float):
-    """AdamW; no weight decay on biases and layer norms (the usual transformer practice)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=lr, fused=torch.cuda.is_available())
-
-
 def peak_memory_mb(device: torch.device) -> float:
     """Peak CUDA memory allocated, or the process's peak resident set size on CPU."""
     if device.type == "cuda":
@@ -140,16 +116,27 @@ def batch_stream(
         position[0], position[1] = position[0] + 1, 0
 
 
-def summed_loss(model: torch.nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
-    """Cross-entropy summed over the batch's target tokens (teacher forcing)."""
+def summed_loss(
+    model: torch.nn.Module,
+    batch: dict,
+    device: torch.device,
+    anchor: KLAnchor | None = None,
+    step: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(objective, cross-entropy), each summed over the batch's target tokens (teacher
+    forcing); the objective adds the KL anchor's term when there is one."""
     labels = batch["labels"].to(device)
     logits = model(
         input_features=batch["input_features"].to(device),
         decoder_input_ids=batch["decoder_input_ids"].to(device),
     ).logits
-    return F.cross_entropy(
+    ce = F.cross_entropy(
         logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
     )
+    weight = anchor.weight_at(step) if anchor else 0.0
+    if weight == 0.0:
+        return ce, ce
+    return ce + weight * summed_kl(logits, anchor.base_logits(batch, device), labels), ce
 
 
 # --- the run -------------------------------------------------------------------------------
@@ -171,6 +158,7 @@ class Run:
         model.config.use_cache = False  # the KV cache only helps generation
         if tc.gradient_checkpointing:
             model.gradient_checkpointing_enable({"use_reentrant": False})
+        self.anchor = KLAnchor(model, tc.kl_weight, tc.kl_schedule) if tc.kl_weight else None
         self.model = distributed.wrap(model, tc.strategy, self.dist)
 
         train_set = load_utterances(config.data.train, config.data.max_train_samples)
@@ -188,6 +176,8 @@ class Run:
         )
         steps_per_epoch = max(1, len(self.sampler) // tc.gradient_accumulation_steps)
         self.total_steps = tc.max_steps or math.ceil(tc.epochs * steps_per_epoch)
+        if self.anchor:
+            self.anchor.total_steps = self.total_steps
         self.optimizer = build_optimizer(model, tc.lr, tc.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(tc.lr_schedule, tc.warmup_steps, self.total_steps)
@@ -220,8 +210,10 @@ class Run:
             last = i == len(window) - 1
             with distributed.maybe_no_sync(self.model, sync=last):
                 with self.autocast():
-                    loss = summed_loss(self.model, batch, self.device)
-                self.scaler.scale(loss * scale).backward()
+                    objective, loss = summed_loss(
+                        self.model, batch, self.device, self.anchor, self.state.step
+                    )
+                self.scaler.scale(objective * scale).backward()
             window_loss += loss.item()
             self.state.samples += len(batch["utterance_ids"])
         self.scaler.unscale_(self.optimizer)

@@ -1,0 +1,52 @@
+"""A KL anchor to the starting model, against forgetting what it knew.
+
+The loss adds `weight(step) * KL(p_base || p_model)` summed over the label tokens, where
+`p_base` is the next-token distribution of a frozen copy of the model as training began
+(a noisy-classroom prize winner of "On Top of Pasketti" used such a penalty). The weight is
+constant or fades to zero on a cosine, so the model is held close early and free late.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+
+from kidwhisper.data import IGNORE_INDEX
+
+
+class KLAnchor:
+    """A frozen copy of `model` and the scheduled weight of the KL term."""
+
+    def __init__(self, model: torch.nn.Module, weight: float, schedule: str = "constant"):
+        # Copied before any distributed wrapping and before a resume loads later weights:
+        # the anchor is always the model the run started from.
+        self.base = copy.deepcopy(model).eval().requires_grad_(False)
+        self.weight, self.schedule = weight, schedule
+        self.total_steps = 1  # set by the run once it knows its length
+
+    def weight_at(self, step: int) -> float:
+        """The KL weight at optimizer step `step` (0-based)."""
+        if self.schedule == "cosine":
+            progress = min(step, self.total_steps) / self.total_steps
+            return self.weight * 0.5 * (1 + math.cos(math.pi * progress))
+        return self.weight
+
+    @torch.no_grad()
+    def base_logits(self, batch: dict, device: torch.device) -> torch.Tensor:
+        return self.base(
+            input_features=batch["input_features"].to(device),
+            decoder_input_ids=batch["decoder_input_ids"].to(device),
+        ).logits
+
+
+def summed_kl(
+    logits: torch.Tensor, base_logits: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """KL(p_base || p_model) summed over the positions whose label is not padding."""
+    keep = labels != IGNORE_INDEX
+    log_p = F.log_softmax(logits[keep].float(), dim=-1)
+    log_q = F.log_softmax(base_logits[keep].float(), dim=-1)
+    return F.kl_div(log_p, log_q, log_target=True, reduction="sum")
