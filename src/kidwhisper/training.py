@@ -235,6 +235,7 @@ class Run:
         if not self.eval_set:
             return None
         ev, d = self.config.evaluation, self.dist
+        start = time.perf_counter()
         shard = self.eval_set[d.rank :: d.world_size]
         with distributed.gathered(self.model):
             texts, errors = transcribe(
@@ -244,7 +245,9 @@ class Run:
         for part_texts, part_errors in distributed.gather_objects((texts, errors)):
             all_texts.update(part_texts)
             all_errors += part_errors
-        return score_predictions(self.eval_set, all_texts, all_errors)
+        result = score_predictions(self.eval_set, all_texts, all_errors)
+        result.seconds = time.perf_counter() - start
+        return result
 
     def trainer_state(self) -> dict:
         self.state.sampler = [list(p) for p in distributed.gather_objects(list(self.position))]
