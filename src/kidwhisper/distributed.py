@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from kidwhisper.models.factory import TIED_OUTPUT, load_state
+
 log = logging.getLogger(__name__)
 
 
@@ -147,7 +149,7 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         # The full state dict lists the tied output projection under both names; save it
         # once, as transformers does, so every checkpoint has the same keys.
         if getattr(model.config, "tie_word_embeddings", False):
-            state.pop("proj_out.weight", None)
+            state.pop(TIED_OUTPUT, None)
         return state
     return unwrap(model).state_dict()
 
@@ -158,11 +160,7 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> 
 
         set_model_state_dict(model, state, options=_full_options())
         return
-    missing, unexpected = unwrap(model).load_state_dict(state, strict=False)
-    if unexpected or set(missing) - {"proj_out.weight"}:  # proj_out is tied, not saved
-        raise ValueError(
-            f"weights do not fit the model: missing {missing}, unexpected {unexpected}"
-        )
+    load_state(unwrap(model), state)
 
 
 def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from kidwhisper.models.factory import load_model
+from kidwhisper.models.factory import load_model, load_state
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +83,10 @@ def average_checkpoints(
     folders = [model_folder(s) for s in sources]
     state = average_weights(folders, weights)
     wm = load_model(str(folders[0]))
-    missing, unexpected = wm.model.load_state_dict(state, strict=False)
-    if unexpected or set(missing) - {"proj_out.weight"}:  # proj_out is tied, not saved
-        raise AveragingError(f"averaged weights do not fit: {missing=}, {unexpected=}")
+    try:
+        load_state(wm.model, state)
+    except ValueError as err:
+        raise AveragingError(f"averaged weights: {err}") from err
     out = wm.save(out)
     if (folders[0] / "kidwhisper.yaml").is_file():
         shutil.copy(folders[0] / "kidwhisper.yaml", out / "kidwhisper.yaml")

@@ -24,6 +24,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RANDOM = "random"
+TIED_OUTPUT = "proj_out.weight"  # the output layer shares the token embedding; saved once
+
+
+def load_state(model: WhisperForConditionalGeneration, state: dict[str, torch.Tensor]) -> None:
+    """Load a whole state dict that may leave out the tied output layer; anything else
+    missing or unexpected is an error."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - {TIED_OUTPUT}:
+        raise ValueError(f"weights do not fit the model: {missing=}, {unexpected=}")
 
 
 class WhisperModel:
