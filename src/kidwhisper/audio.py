@@ -3,7 +3,7 @@
 Any sample rate and channel count is read (soundfile/libsndfile: FLAC, WAV, OGG, MP3...),
 mixed down to mono and resampled to Whisper's 16 kHz with soxr. Features are the
 transformers `WhisperFeatureExtractor`'s log-mel spectrogram, with the variant's 80 or 128
-mel bins, padded to Whisper's 30-second window.
+mel bins, padded to Whisper's 30-second window or to a shorter one (audio_context.py).
 """
 
 from __future__ import annotations
@@ -20,26 +20,35 @@ SAMPLE_RATE = 16_000
 HOP_LENGTH = 160
 CHUNK_SECONDS = 30
 N_FRAMES = CHUNK_SECONDS * SAMPLE_RATE // HOP_LENGTH  # 3000 mel frames in a 30 s window
+SILENCE_BELOW_MAX = 2.0  # zero padding's log-mel value, below the clip's maximum
 
 
 class AudioError(ValueError):
     """A clip that cannot be used, with the file named in the message."""
 
 
-def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Read `path` as float32 mono at `sample_rate`, or raise `AudioError` naming the file."""
+def load_audio(
+    path: str | Path, sample_rate: int = SAMPLE_RATE, start: float = 0.0, end: float | None = None
+) -> np.ndarray:
+    """Read `path` (or only its seconds [start, end)) as float32 mono at `sample_rate`, or
+    raise `AudioError` naming the file."""
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: audio file not found")
     try:
-        audio, rate = sf.read(path, dtype="float32", always_2d=True)
+        with sf.SoundFile(path) as f:
+            rate = f.samplerate
+            f.seek(min(round(start * rate), f.frames))
+            frames = -1 if end is None else max(0, round(end * rate) - round(start * rate))
+            audio = f.read(frames, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
         raise AudioError(f"{path}: not readable as audio ({err})") from err
     audio = audio.mean(axis=1)  # channels -> mono
     if rate != sample_rate:
         audio = soxr.resample(audio, rate, sample_rate, quality="HQ")
     if audio.size == 0:
-        raise AudioError(f"{path}: contains no samples")
+        where = "" if start == 0 and end is None else f" in [{start}, {end}) s"
+        raise AudioError(f"{path}: is empty (no samples{where})")
     if not np.isfinite(audio).all():
         raise AudioError(f"{path}: contains NaN or infinite samples")
     return np.ascontiguousarray(audio, dtype=np.float32)
@@ -51,9 +60,19 @@ def feature_extractor(n_mels: int) -> WhisperFeatureExtractor:
     return WhisperFeatureExtractor(feature_size=n_mels, sampling_rate=SAMPLE_RATE)
 
 
-def log_mel(audio: np.ndarray, n_mels: int) -> np.ndarray:
-    """Log-mel spectrogram (n_mels, 3000) of up to 30 s of 16 kHz audio."""
+def log_mel(audio: np.ndarray, n_mels: int, frames: int = N_FRAMES) -> np.ndarray:
+    """Log-mel spectrogram (n_mels, frames) of 16 kHz audio, zero-padded or cut to
+    `frames` x 10 ms (Whisper's window is 3000 frames, 30 s).
+
+    Whisper's scaling clamps each clip at its own maximum minus 8 (log10 units) before
+    mapping x -> (x + 4) / 4, so the padding of any clip with audible sound reads exactly
+    `features.max() - 2`, whatever the window: `SILENCE_BELOW_MAX`.
+    """
     features = feature_extractor(n_mels)(
-        audio, sampling_rate=SAMPLE_RATE, return_tensors="np", padding="max_length"
+        audio,
+        sampling_rate=SAMPLE_RATE,
+        return_tensors="np",
+        padding="max_length",
+        max_length=frames * HOP_LENGTH,
     ).input_features
     return features[0]

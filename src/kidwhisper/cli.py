@@ -1,4 +1,4 @@
-"""The `kidwhisper` command: train, evaluate, import-ct2, average, estimate, experiments.
+"""The `kidwhisper` command: train, evaluate, transcribe, score, ship, and experiments.
 
 Every subcommand is a thin shell over a recipe; errors a user can fix (a bad config, a
 missing file) are printed as one line naming the file and key, without a traceback.
@@ -12,16 +12,22 @@ import os
 import sys
 from pathlib import Path
 
+from kidwhisper.analysis import ScoreInputError
 from kidwhisper.audio import AudioError
 from kidwhisper.config import ConfigError, EvaluationConfig, load_config
 from kidwhisper.data import ManifestError
 from kidwhisper.models.averaging import AveragingError
+from kidwhisper.models.export import ExportError
+from kidwhisper.submission.package import SubmissionError
 
 USER_ERRORS = (
     ConfigError,
     ManifestError,
     AudioError,
     AveragingError,
+    ScoreInputError,
+    ExportError,
+    SubmissionError,
     FileNotFoundError,
     FileExistsError,
 )
@@ -51,11 +57,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from kidwhisper.distributed import pick_device
     from kidwhisper.evaluation import decoding_options, evaluate, save_predictions
     from kidwhisper.models import load_model
-    from kidwhisper.training import pick_device
 
-    wm = load_model(args.model, args.variant)
+    wm = load_model(args.model, args.variant, args.audio_context)
     wm.model.to(pick_device(args.device))
     utterances = _read(args.data, args.limit)
     guards = {} if args.guards else {"max_tokens_per_second": None, "repetition_limit": None}
@@ -72,6 +78,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from kidwhisper.distributed import pick_device
+    from kidwhisper.evaluation import decoding_options
+    from kidwhisper.models import load_model
+    from kidwhisper.transcription import InputError, output_format, transcribe_to_file
+
+    try:
+        fmt = output_format(args.out, args.format)  # before minutes of loading and decoding
+        wm = load_model(args.model, audio_context=args.audio_context)
+        wm.model.to(pick_device(args.device))
+        guards = {} if args.guards else {"max_tokens_per_second": None, "repetition_limit": None}
+        ev = EvaluationConfig(max_new_tokens=args.max_new_tokens, **guards)
+        result = transcribe_to_file(
+            wm,
+            args.paths,
+            args.out,
+            fmt,
+            batch_size=args.batch_size,
+            options=decoding_options(ev),
+            num_workers=args.num_workers,
+        )
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("\n".join(result.summary_lines()))
+    print(f"transcripts: {args.out} ({fmt})")
+    return 0
+
+
 def _read(path: str, limit: int | None):
     from kidwhisper.data import read_manifest
 
@@ -79,11 +114,39 @@ def _read(path: str, limit: int | None):
     return utterances[:limit] if limit else utterances
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    from kidwhisper.analysis import analyse_files, id_list, summary_lines, write_report
+
+    result = analyse_files(args.predictions, args.reference)
+    print("\n".join(summary_lines(result, args.top)))
+    if args.report:
+        sources = (args.predictions, args.reference)
+        report, chart = write_report(result, args.report, args.top, sources)
+        print(f"report: {report}" + (f" (chart: {chart})" if chart else ""))
+    if result.unknown_ids:
+        print(
+            f"error: {len(result.unknown_ids)} prediction id(s) not in {args.reference} were "
+            f"not scored: {id_list(result.unknown_ids, args.top)}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def cmd_import_ct2(args: argparse.Namespace) -> int:
     from kidwhisper.models.ct2 import import_ct2
 
     model = import_ct2(Path(args.src), Path(args.out))
     print(f"wrote {args.out} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params)")
+    return 0
+
+
+def cmd_export_ct2(args: argparse.Namespace) -> int:
+    from kidwhisper.models.export import export_ct2
+
+    out = export_ct2(args.model, Path(args.out), args.quantization, args.force)
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    print(f"wrote {out} (CTranslate2, {args.quantization}, {size / 2**20:.1f} MiB)")
     return 0
 
 
@@ -126,28 +189,30 @@ def cmd_archive(args: argparse.Namespace) -> int:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from kidwhisper.models.memory import estimate, parameter_count
-    from kidwhisper.models.variants import get_variant
+    from kidwhisper.models.memory import report_lines
 
     config = load_config(args.config, args.overrides, check_paths=False)
-    t = config.training
-    variant = get_variant(config.model.variant)
-    device = "cuda" if args.device == "cuda" else "cpu"
-    mixed = device == "cuda" and t.precision != "fp32"
-    print(
-        f"{variant.name}: {parameter_count(variant) / 1e6:.1f}M parameters, micro-batch "
-        f"{t.batch_size}, {args.tokens} label tokens, {device}, "
-        f"{'bf16/fp16' if mixed else 'fp32'} activations"
-    )
-    both = [
-        estimate(variant, t.batch_size, args.tokens, ckpt, mixed, device) for ckpt in (False, True)
-    ]
-    print(f"{'GiB':<12}{'no checkpointing':>18}{'checkpointing':>16}")
-    for (part, plain), (_, ckpt) in zip(both[0].rows(), both[1].rows(), strict=True):
-        print(f"{part:<12}{plain:>18.2f}{ckpt:>16.2f}")
-    chosen = "on" if t.gradient_checkpointing else "off"
-    print(f"this config has gradient checkpointing {chosen}")
+    print("\n".join(report_lines(config, args.tokens, args.device)))
     return 0
+
+
+def cmd_package_submission(args: argparse.Namespace) -> int:
+    from kidwhisper.submission.package import package_submission
+
+    report = package_submission(
+        args.model, args.out, args.audio_context, args.batch_size, variant=args.variant
+    )
+    print("\n".join(report.summary_lines()))
+    return 0
+
+
+def cmd_run_submission(args: argparse.Namespace) -> int:
+    from kidwhisper.submission.runner import run_submission
+
+    report = run_submission(args.zip, args.data, args.workdir, timeout=args.timeout)
+    print("\n".join(report.summary_lines()))
+    print(f"work folder: {report.workdir}")
+    return 0 if report.valid else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,14 +244,69 @@ def build_parser() -> argparse.ArgumentParser:
         help="no duration-based token limit and no repetition guard (plain greedy decoding)",
     )
     p.add_argument("--limit", type=int, help="only the first N utterances")
+    p.add_argument(
+        "--audio-context",
+        help="encoder input: batch, full or seconds (default: what the model was trained "
+        "with, else full)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="predictions jsonl (default: <data>.predictions.jsonl here)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("transcribe", help="transcribe audio files, folders or manifests")
+    p.add_argument("model", help="transformers folder, bundled:tiny.en, bundled:base or Hub id")
+    p.add_argument(
+        "paths", nargs="+", help="audio files, folders (searched recursively) or jsonl manifests"
+    )
+    p.add_argument("--out", required=True, help="output file: .jsonl, .txt (id<TAB>text) or .srt")
+    p.add_argument("--format", choices=["jsonl", "txt", "srt"], help="default: from --out")
+    p.add_argument("--batch-size", type=int, default=EvaluationConfig.batch_size)
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=224,
+        help="token limit per 30 s window (Whisper's own default is 224)",
+    )
+    p.add_argument(
+        "--no-guards",
+        dest="guards",
+        action="store_false",
+        help="no duration-based token limit and no repetition guard (plain greedy decoding)",
+    )
+    p.add_argument(
+        "--audio-context",
+        help="encoder input: batch, full or seconds (default: what the model was trained "
+        "with, else full)",
+    )
+    p.add_argument("--device", default="auto")
+    p.add_argument("--num-workers", type=int, default=0, help="audio loading processes")
+    p.set_defaults(func=cmd_transcribe)
+
+    p = sub.add_parser("score", help="WER of a predictions jsonl, with an error analysis")
+    p.add_argument("predictions", help="jsonl with utterance_id and orthographic_text")
+    p.add_argument("reference", help="competition-format jsonl (age_bucket, durations optional)")
+    p.add_argument("--report", help="write a Markdown report here, and a PNG chart beside it")
+    p.add_argument("--top", type=int, default=10, help="how many top errors and worst utterances")
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("import-ct2", help="convert a CTranslate2 Whisper folder to transformers")
     p.add_argument("src", help="folder with model.bin, config.json, tokenizer.json")
     p.add_argument("out", help="output folder (safetensors)")
     p.set_defaults(func=cmd_import_ct2)
+
+    p = sub.add_parser(
+        "export-ct2", help="convert a transformers Whisper model to CTranslate2 (faster-whisper)"
+    )
+    p.add_argument("model", help="transformers folder, checkpoint, bundled:tiny.en or bundled:base")
+    p.add_argument("out", help="output folder (model.bin, config.json, tokenizer.json, ...)")
+    p.add_argument(
+        "--quantization",
+        choices=["int8", "float16", "float32"],
+        default="float16",
+        help="weight type stored in model.bin (default float16)",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=cmd_export_ct2)
 
     p = sub.add_parser("average", help="average the weights of checkpoints (model soup)")
     p.add_argument(
@@ -218,6 +338,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("--checkpoints", default="checkpoints")
     p.set_defaults(func=cmd_archive)
+
+    p = sub.add_parser(
+        "package-submission", help="write a competition submission.zip (main.py, code, model)"
+    )
+    p.add_argument("model", help="transformers folder, checkpoint, bundled:tiny.en or Hub id")
+    p.add_argument("--out", required=True, help="the zip to write, e.g. submission.zip")
+    p.add_argument(
+        "--audio-context",
+        help="encoder input: batch, full or seconds (default: what the model was trained "
+        "with, else full)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=EvaluationConfig.batch_size,
+        help="clips per batch in the runtime (default: evaluate's, which gives evaluate's WER)",
+    )
+    p.add_argument("--variant", help="model variant (read from the weights when unset)")
+    p.set_defaults(func=cmd_package_submission)
+
+    p = sub.add_parser(
+        "run-submission", help="run a submission.zip offline as the runtime would, and check it"
+    )
+    p.add_argument("zip", help="submission.zip")
+    p.add_argument(
+        "data",
+        help="runtime data folder (utterance_metadata.jsonl, submission_format.jsonl, audio/) "
+        "or a competition-format manifest jsonl (laid out, and scored if it has references)",
+    )
+    p.add_argument("--workdir", help="new or empty folder to run in (default: a temp folder)")
+    p.add_argument("--timeout", type=float, help="stop main.py after this many seconds")
+    p.set_defaults(func=cmd_run_submission)
     return parser
 
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
+from kidwhisper.audio_context import BATCH, FULL, parse_context
 from kidwhisper.models.bundled import BUNDLED, BUNDLED_PREFIX
 from kidwhisper.models.variants import VARIANTS
 
@@ -40,6 +41,9 @@ class ModelConfig:
     pretrained: str | None = None
     language: str = "en"
     task: Literal["transcribe", "translate"] = "transcribe"
+    # Encoder input length (audio_context.py): `batch` (the batch's longest clip, in 2 s
+    # steps), `full` (Whisper's 30 s window) or a number of seconds. Saved with the model.
+    audio_context: str = "batch"
 
 
 @dataclass
@@ -54,7 +58,10 @@ class DataConfig:
 
 @dataclass
 class TrainingConfig:
-    batch_size: int = field(default=12, metadata=_min(1))
+    batch_size: int = field(default=12, metadata=_min(1))  # clips per micro-batch (at most)
+    # Length-grouped batches of up to this many seconds of padded audio (sampling.py);
+    # unset: random batches of exactly batch_size clips.
+    batch_seconds: float | None = field(default=None, metadata={"gt": 0})
     gradient_accumulation_steps: int = field(default=3, metadata=_min(1))
     lr: float = field(default=1e-5, metadata={"gt": 0})
     weight_decay: float = field(default=0.0, metadata=_min(0))
@@ -143,6 +150,8 @@ def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
             pass
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is str and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)  # e.g. `audio_context: 10`
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         _fail(source, key, f"must be {tp.__name__}, got {type(value).__name__} {value!r}")
     return value
@@ -233,6 +242,10 @@ def validate(config: Config, source: str, check_paths: bool = True) -> None:
     m = config.model
     if m.variant not in VARIANTS:
         _fail(source, "model.variant", f"unknown variant {m.variant!r}{_hint(m.variant, VARIANTS)}")
+    try:
+        parse_context(m.audio_context)
+    except ValueError as err:
+        _fail(source, "model.audio_context", f"{err}{_hint(m.audio_context, (FULL, BATCH))}")
     if m.pretrained and m.pretrained.startswith(BUNDLED_PREFIX):
         name = m.pretrained.removeprefix(BUNDLED_PREFIX)
         if name not in BUNDLED:

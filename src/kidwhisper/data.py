@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 from transformers import WhisperTokenizerFast
 
-from kidwhisper.audio import SAMPLE_RATE, AudioError, load_audio, log_mel
+from kidwhisper.audio import SAMPLE_RATE, SILENCE_BELOW_MAX, AudioError, load_audio, log_mel
+from kidwhisper.audio_context import FULL, clip_frames
 from kidwhisper.text import SpecialTokens, encode_labels
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,8 @@ class Utterance:
     duration: float | None = None
     age_bucket: str | None = None
     speaker: str | None = None
+    start: float = 0.0  # optional segment [start, end) of the file, in seconds
+    end: float | None = None
 
 
 def read_manifest(path: str | Path, require_text: bool = True) -> list[Utterance]:
@@ -82,6 +86,17 @@ def _utterance(row: object, root: Path, where: str, require_text: bool) -> Utter
     )
 
 
+def clip_seconds(utterance: Utterance) -> float:
+    """The clip's duration from its manifest, else from its file header (0 if unreadable:
+    loading it later reports why)."""
+    if utterance.duration is not None:
+        return utterance.duration
+    try:
+        return sf.info(utterance.audio).duration
+    except (sf.LibsndfileError, RuntimeError, OSError):
+        return 0.0
+
+
 class SpeechDataset(Dataset):
     """Log-mel features (and labels, when the utterances have text) for each utterance."""
 
@@ -92,8 +107,10 @@ class SpeechDataset(Dataset):
         tokenizer: WhisperTokenizerFast | None = None,
         special: SpecialTokens | None = None,
         max_label_tokens: int = 448,
+        context: str | float = FULL,
     ) -> None:
         self.utterances, self.n_mels = utterances, n_mels
+        self.context = context  # the encoder's input length, see audio_context.py
         self.tokenizer, self.special = tokenizer, special
         self.max_label_tokens = max_label_tokens  # the decoder's position table
 
@@ -104,8 +121,9 @@ class SpeechDataset(Dataset):
         utt = self.utterances[index]
         item: dict = {"index": index, "utterance_id": utt.utterance_id}
         try:
-            audio = load_audio(utt.audio)
-            item["input_features"] = log_mel(audio, self.n_mels)
+            audio = load_audio(utt.audio, start=utt.start, end=utt.end)
+            frames = clip_frames(self.context, len(audio))
+            item["input_features"] = log_mel(audio, self.n_mels, frames)
             item["duration"] = len(audio) / SAMPLE_RATE
         except AudioError as err:
             item["error"] = str(err)
@@ -127,8 +145,9 @@ class WhisperCollator:
     `decoder_input_ids` is the sequence without its last token; `labels` the sequence without
     its first (the start token is only ever an input, so it can never appear twice), with
     padding set to -100 so the loss skips it. Padding is on the right, so the decoder's causal
-    mask already keeps real tokens from attending to it; Whisper's encoder takes no mask (it
-    always sees a 30 s window).
+    mask already keeps real tokens from attending to it. Whisper's encoder takes no mask: it
+    sees silence after the audio, as in its 30 s training window, so clips computed to fewer
+    frames than the batch's widest are padded with their own silence value.
     """
 
     special: SpecialTokens
@@ -142,7 +161,7 @@ class WhisperCollator:
         }
         if not good:
             return batch
-        batch["input_features"] = torch.from_numpy(np.stack([i["input_features"] for i in good]))
+        batch["input_features"] = _stack_features([item["input_features"] for item in good])
         batch["durations"] = [item["duration"] for item in good]
         if "labels" in good[0]:
             batch.update(self._pad([item["labels"] for item in good]))
@@ -158,3 +177,14 @@ class WhisperCollator:
             inputs[row, : len(seq) - 1] = torch.tensor(seq[:-1])
             labels[row, : len(seq) - 1] = torch.tensor(seq[1:])
         return {"decoder_input_ids": inputs, "labels": labels}
+
+
+def _stack_features(features: list[np.ndarray]) -> torch.Tensor:
+    """(batch, mels, frames) with `frames` the widest clip's; narrower clips are padded
+    with the value their zero padding has (see audio.log_mel)."""
+    width = max(f.shape[-1] for f in features)
+    padded = [
+        np.pad(f, ((0, 0), (0, width - f.shape[-1])), constant_values=f.max() - SILENCE_BELOW_MAX)
+        for f in features
+    ]
+    return torch.from_numpy(np.stack(padded))

@@ -3,7 +3,8 @@
 The loop is written out rather than delegated to `generate` so that every rule is visible
 and testable: the prompt comes from the model's own special ids, special and timestamp
 tokens are suppressed (no-timestamps transcription), a blank first token is suppressed,
-and each clip stops at <|endoftext|> or at its token limit.
+and each clip stops at <|endoftext|> or at its token limit; a finished clip leaves the batch
+(its rows of the KV cache and encoder states are dropped), so the others run faster.
 
 Two guards keep a clip from looping ("i am sorry i am sorry ...", common for zero-shot
 Whisper on child speech): the token limit grows with the clip's duration instead of being
@@ -85,8 +86,16 @@ def greedy_decode(
     inputs = torch.tensor([special.prefix] * batch, device=device)
     limits = options.token_limits(durations, batch)
     out: list[list[int]] = [[] for _ in range(batch)]
-    done = [limit == 0 for limit in limits]
+    rows = list(range(batch))  # the clip of each row of `inputs`, cache and encoder states
+    active = [i for i in rows if limits[i] > 0]  # clips still decoding
     for step in range(max(limits)):
+        if not active:
+            break
+        if len(active) < inputs.shape[0]:  # some clips finished: decode only the others
+            keep = torch.tensor([i for i, clip in enumerate(rows) if clip in active], device=device)
+            cache.batch_select_indices(keep)
+            encoder_states, inputs = encoder_states[keep], inputs[keep]
+        rows = list(active)
         hidden = model.model.decoder(
             input_ids=inputs,
             encoder_hidden_states=encoder_states,
@@ -98,13 +107,10 @@ def greedy_decode(
         if step == 0 and options.suppress_blank:
             logits[:, blank] = -torch.inf
         tokens = logits.argmax(dim=-1)
-        for i, token in enumerate(tokens.tolist()):
-            if not done[i]:
-                done[i] = _append(out[i], token, limits[i], special.eot, options)
-        if all(done):
-            break
-        # Finished clips keep decoding <|endoftext|> (their output is already final).
-        inputs = tokens.masked_fill(torch.tensor(done, device=device), special.eot)[:, None]
+        for clip, token in zip(rows, tokens.tolist(), strict=True):
+            if _append(out[clip], token, limits[clip], special.eot, options):
+                active.remove(clip)
+        inputs = tokens[:, None]
     return out
 
 

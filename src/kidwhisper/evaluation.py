@@ -13,16 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from kidwhisper.config import EvaluationConfig
-from kidwhisper.data import SpeechDataset, Utterance, WhisperCollator
-from kidwhisper.decoding import DecodingOptions, greedy_decode
+from kidwhisper.data import Utterance
+from kidwhisper.decoding import DecodingOptions
+from kidwhisper.inference import transcribe
 from kidwhisper.models import WhisperModel
 from kidwhisper.scoring import WerReport, score
 
 log = logging.getLogger(__name__)
+
+__all__ = ["EvalResult", "decoding_options", "evaluate", "save_predictions", "transcribe"]
 
 
 @dataclass
@@ -48,69 +49,6 @@ class EvalResult:
 def decoding_options(ev: EvaluationConfig) -> DecodingOptions:
     """The decoding settings of an `evaluation:` config section."""
     return DecodingOptions(ev.max_new_tokens, ev.max_tokens_per_second, ev.repetition_limit)
-
-
-def transcribe(
-    wm: WhisperModel,
-    utterances: list[Utterance],
-    batch_size: int = 16,
-    options: DecodingOptions | None = None,
-    num_workers: int = 0,
-    progress: bool = True,
-) -> tuple[dict[str, str], list[tuple[str, str]]]:
-    """Greedy transcripts keyed by utterance id, plus the (id, error) of clips that could not
-    be read or decoded."""
-    dataset = SpeechDataset(utterances, wm.n_mels)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=WhisperCollator(wm.special),
-    )
-    options = options or DecodingOptions()
-    texts: dict[str, str] = {}
-    errors: list[tuple[str, str]] = []
-    was_training = wm.model.training
-    wm.model.eval()
-    for batch in tqdm(loader, desc="decoding", unit="batch", disable=not progress):
-        errors += batch["errors"]
-        for uid, error in batch["errors"]:
-            log.warning("cannot decode %s: %s", uid, error)
-        if "input_features" in batch:
-            texts.update(_decode_batch(wm, batch, options, errors))
-    wm.model.train(was_training)
-    return texts, errors
-
-
-def _decode_batch(
-    wm: WhisperModel, batch: dict, options: DecodingOptions, errors: list[tuple[str, str]]
-) -> dict[str, str]:
-    """Decode a batch; if that fails (out of memory, a kernel error), retry clip by clip so
-    one bad clip costs only itself: it gets an empty transcript and an entry in `errors`."""
-    ids, features, durations = batch["utterance_ids"], batch["input_features"], batch["durations"]
-    try:
-        tokens = greedy_decode(wm.model, features, wm.special, options, durations)
-    except (RuntimeError, torch.OutOfMemoryError) as err:
-        log.warning("decoding a batch of %d failed (%s); retrying clip by clip", len(ids), err)
-        _release_cached_memory()
-        tokens = []
-        for i, uid in enumerate(ids):
-            clip = features[i : i + 1]
-            try:
-                one = greedy_decode(wm.model, clip, wm.special, options, [durations[i]])
-            except (RuntimeError, torch.OutOfMemoryError) as clip_err:
-                log.warning("cannot decode %s: %s", uid, clip_err)
-                errors.append((uid, f"decoding failed: {clip_err}"))
-                _release_cached_memory()
-                one = [[]]
-            tokens += one
-    decoded = wm.tokenizer.batch_decode(tokens, skip_special_tokens=True)
-    return dict(zip(ids, (text.strip() for text in decoded), strict=True))
-
-
-def _release_cached_memory() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def evaluate(

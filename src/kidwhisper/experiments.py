@@ -163,8 +163,9 @@ def run_experiment(config: Config, overwrite: bool = False, resume: bool = False
     predictions, and the final model in transformers layout under checkpoints/<name>/final.
     """
     from kidwhisper.checkpoint import latest_checkpoint
+    from kidwhisper.distributed import pick_device, pick_dtype
     from kidwhisper.evaluation import save_predictions
-    from kidwhisper.training import pick_device, pick_dtype, train
+    from kidwhisper.training import train
 
     experiment = Experiment(config)
     is_main = int(os.environ.get("RANK", "0")) == 0

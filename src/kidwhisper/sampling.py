@@ -1,4 +1,4 @@
-"""A batch sampler that is deterministic, sharded across processes, and resumable mid-epoch.
+"""Batch samplers that are deterministic, sharded across processes, and resumable mid-epoch.
 
 Every epoch is one seeded permutation of the whole dataset, cut into global batches of
 `batch_size x world_size`; process `rank` takes its slice of each. Since the order depends
@@ -12,6 +12,9 @@ from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Sampler
+
+from kidwhisper.config import TrainingConfig
+from kidwhisper.data import Utterance, clip_seconds
 
 
 class ResumableBatchSampler(Sampler[list[int]]):
@@ -53,3 +56,80 @@ class ResumableBatchSampler(Sampler[list[int]]):
         for b in range(self.start, len(self)):
             first = b * step + self.rank * self.batch_size
             yield order[first : first + self.batch_size]
+
+
+class DurationBatchSampler(ResumableBatchSampler):
+    """Batches of clips of similar length, filled up to `batch_seconds` of padded audio.
+
+    Each epoch: a seeded permutation is cut into pools of `POOL_BATCHES` x `batch_size`
+    clips; each pool is sorted by duration and cut greedily into batches whose clip count
+    times longest clip stays within `batch_seconds` (and at most `batch_size` clips); then
+    all batches are shuffled. So batches of short clips hold many clips, batches differ in
+    length from step to step, and the order is still a function of (seed, epoch) alone:
+    resume and DDP work as for the fixed-size sampler. With several processes, the batch
+    list is cut to a multiple of the world size and process `rank` takes every
+    `world_size`-th batch, so all take the same number of steps.
+    """
+
+    POOL_BATCHES = 50  # larger pools: less padding, less randomness in batch make-up
+
+    def __init__(
+        self,
+        durations: list[float],
+        batch_size: int,
+        batch_seconds: float,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        super().__init__(len(durations), batch_size, seed, rank, world_size)
+        self.durations, self.batch_seconds = durations, batch_seconds
+        self._batches: tuple[int, list[list[int]]] | None = None  # (epoch, all batches)
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        """Every batch of `epoch`, for all processes, in training order."""
+        if self._batches is None or self._batches[0] != epoch:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            order = torch.randperm(self.num_items, generator=generator).tolist()
+            pool = self.POOL_BATCHES * self.batch_size
+            batches = []
+            for start in range(0, len(order), pool):
+                chunk = sorted(order[start : start + pool], key=self.durations.__getitem__)
+                batches += self._cut(chunk)
+            shuffled = torch.randperm(len(batches), generator=generator).tolist()
+            batches = [batches[i] for i in shuffled]
+            self._batches = (epoch, batches[: len(batches) // self.world_size * self.world_size])
+        return self._batches[1]
+
+    def _cut(self, chunk: list[int]) -> list[list[int]]:
+        """Cut clips sorted by duration into batches within the size and seconds limits."""
+        batches, current = [], []
+        for index in chunk:
+            longest = self.durations[index]  # sorted: the newest clip is the longest
+            if current and (
+                len(current) >= self.batch_size or (len(current) + 1) * longest > self.batch_seconds
+            ):
+                batches.append(current)
+                current = []
+            current.append(index)
+        return batches + ([current] if current else [])
+
+    def __len__(self) -> int:
+        return len(self.batches(self.epoch)) // self.world_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self.batches(self.epoch)
+        for b in range(self.start, len(batches) // self.world_size):
+            yield batches[b * self.world_size + self.rank]
+
+
+def make_sampler(
+    utterances: list[Utterance], tc: TrainingConfig, rank: int, world_size: int
+) -> ResumableBatchSampler:
+    """Length-grouped batches when `training.batch_seconds` is set, else fixed-size ones."""
+    if tc.batch_seconds is None:
+        return ResumableBatchSampler(len(utterances), tc.batch_size, tc.seed, rank, world_size)
+    durations = [clip_seconds(u) for u in utterances]
+    return DurationBatchSampler(
+        durations, tc.batch_size, tc.batch_seconds, tc.seed, rank, world_size
+    )

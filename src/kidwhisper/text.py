@@ -16,8 +16,6 @@ from pathlib import Path
 from tokenizers import Tokenizer
 from transformers import WhisperTokenizerFast
 
-from kidwhisper.models.variants import VOCAB_V3
-
 SOT = "<|startoftranscript|>"
 EOT = "<|endoftext|>"
 NO_TIMESTAMPS = "<|notimestamps|>"
@@ -157,6 +155,10 @@ def _family_spec(family: str) -> str:
     base = "english" if family == "english" else "multilingual"
     spec = json.loads(_bundled_tokenizer_json(base).read_text(encoding="utf-8"))
     if family == "v3":
+        # Imported here: kidwhisper.models imports this module (and a packaged submission
+        # ships this module without the model factory).
+        from kidwhisper.models.variants import VOCAB_V3
+
         spec = with_timestamp_tokens(_insert_v3_language(_strip_timestamps(spec)), VOCAB_V3)
     return json.dumps(spec)
 

@@ -13,14 +13,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import random
-import resource
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
@@ -32,9 +29,10 @@ from kidwhisper import distributed
 from kidwhisper.anchor import KLAnchor, summed_kl
 from kidwhisper.config import Config, dump_config, resolve_path
 from kidwhisper.data import IGNORE_INDEX, SpeechDataset, Utterance, WhisperCollator, read_manifest
+from kidwhisper.distributed import peak_memory_mb, pick_device, pick_dtype, seed_everything
 from kidwhisper.evaluation import EvalResult, decoding_options, score_predictions, transcribe
 from kidwhisper.models import ModelFactory, WhisperModel
-from kidwhisper.sampling import ResumableBatchSampler
+from kidwhisper.sampling import ResumableBatchSampler, make_sampler
 from kidwhisper.schedule import build_optimizer, lr_lambda
 
 log = logging.getLogger(__name__)
@@ -55,42 +53,12 @@ class TrainState:
     evals_without_improvement: int = 0
     train_utterances: int = 0
     train_seconds: float = 0.0
+    audio_seconds: float = 0.0  # of training audio consumed (throughput = this / train time)
     peak_memory_mb: float = 0.0
     stopped_early: bool = False
 
 
 # --- setup helpers -------------------------------------------------------------------------
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
-
-
-def pick_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype, or None for full fp32. `auto`: bf16 (or fp16) on GPUs, fp32 on CPUs,
-    where autocast is slower than fp32 on most processors."""
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak CUDA memory allocated, or the process's peak resident set size on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def load_utterances(paths: list[str], limit: int | None) -> list[Utterance]:
@@ -164,10 +132,14 @@ class Run:
         train_set = load_utterances(config.data.train, config.data.max_train_samples)
         self.eval_set = load_utterances([config.data.eval] if config.data.eval else [], None)
         self.eval_set = self.eval_set[: config.data.max_eval_samples or None]
-        dataset = SpeechDataset(train_set, self.wm.n_mels, self.wm.tokenizer, self.wm.special)
-        self.sampler = ResumableBatchSampler(
-            len(dataset), tc.batch_size, tc.seed, self.dist.rank, self.dist.world_size
+        dataset = SpeechDataset(
+            train_set,
+            self.wm.n_mels,
+            self.wm.tokenizer,
+            self.wm.special,
+            context=self.wm.audio_context,
         )
+        self.sampler = make_sampler(train_set, tc, self.dist.rank, self.dist.world_size)
         self.loader = DataLoader(
             dataset,
             batch_sampler=self.sampler,
@@ -188,7 +160,7 @@ class Run:
         self.state = TrainState(train_utterances=len(dataset))
         self.position = [0, 0]  # this rank's [epoch, batches used]
         self.root = Path(config.output.checkpoints_dir) / config.output.name
-        self.writer = None
+        self.logged = (0, 0.0)  # samples and audio seconds at the last TensorBoard step
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -216,6 +188,7 @@ class Run:
                 self.scaler.scale(objective * scale).backward()
             window_loss += loss.item()
             self.state.samples += len(batch["utterance_ids"])
+            self.state.audio_seconds += sum(batch["durations"])
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.model.parameters(), self.config.training.max_grad_norm
@@ -387,10 +360,12 @@ def _tensorboard(root: Path):
 
 
 def _log_step(writer, state: TrainState, loss, lr, grad_norm, seconds: float, run: Run) -> None:
-    tc = run.config.training
-    samples = tc.batch_size * tc.gradient_accumulation_steps * run.dist.world_size
+    """Scalars of one step; `samples` and `audio` are this step's, on this process."""
+    samples, audio = state.samples - run.logged[0], state.audio_seconds - run.logged[1]
+    run.logged = (state.samples, state.audio_seconds)
     writer.add_scalar("train/loss", loss, state.step)
     writer.add_scalar("train/lr", lr, state.step)
     writer.add_scalar("train/grad_norm", grad_norm, state.step)
     writer.add_scalar("train/samples_per_second", samples / seconds, state.step)
+    writer.add_scalar("train/audio_seconds_per_second", audio / seconds, state.step)
     writer.add_scalar("memory/peak_mb", peak_memory_mb(run.device), state.step)

@@ -14,6 +14,13 @@ import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration, WhisperTokenizerFast
 
 from kidwhisper.audio import feature_extractor
+from kidwhisper.audio_context import (
+    FULL,
+    enable_short_input,
+    parse_context,
+    record_context,
+    recorded_context,
+)
 from kidwhisper.models.bundled import BUNDLED_PREFIX, bundled_path, get_bundled
 from kidwhisper.models.variants import Variant, get_variant, variant_of
 from kidwhisper.text import family_tokenizer, special_tokens
@@ -39,6 +46,8 @@ class WhisperModel:
     """A Whisper variant with its weights, tokenizer and special tokens.
 
     `pretrained` is a Hub id, a local transformers folder, `bundled:<name>` or `random`.
+    `audio_context` is the encoder's input length (audio_context.py); unset, a model keeps
+    the one it was trained with, and a model without one gets Whisper's 30 s window.
     """
 
     def __init__(
@@ -48,8 +57,10 @@ class WhisperModel:
         language: str = "en",
         task: str = "transcribe",
         seed: int = 0,
+        audio_context: str | float | None = None,
     ) -> None:
         self.variant: Variant = get_variant(variant)
+        self.audio_context = None if audio_context is None else parse_context(audio_context)
         self.pretrained = pretrained or f"openai/whisper-{variant}"
         self.language, self.task, self.seed = language, task, seed
         self.model: WhisperForConditionalGeneration | None = None
@@ -66,6 +77,10 @@ class WhisperModel:
             self.model = WhisperForConditionalGeneration.from_pretrained(folder)
             self.tokenizer = WhisperTokenizerFast.from_pretrained(folder)
         self._check_architecture()
+        enable_short_input(self.model)
+        if self.audio_context is None:
+            self.audio_context = recorded_context(self.model.config) or FULL
+        record_context(self.model.config, self.audio_context)  # saved with the weights
         self.special = special_tokens(
             self.tokenizer,
             not self.variant.english_only,
@@ -75,10 +90,11 @@ class WhisperModel:
         )
         self.feature_extractor = feature_extractor(self.variant.n_mels)
         log.info(
-            "loaded %s (%s, %.1fM parameters)",
+            "loaded %s (%s, %.1fM parameters, audio context %s)",
             self.pretrained,
             self.variant.name,
             self.params / 1e6,
+            self.audio_context,
         )
         return self
 
@@ -101,6 +117,8 @@ class WhisperModel:
             eos_token_id=ids.eot,
             pad_token_id=ids.eot,
             bos_token_id=ids.eot,
+            # WhisperConfig's default [220, 50256] is English-only's " " and end token.
+            begin_suppress_tokens=[*tokenizer.encode(" ", add_special_tokens=False), ids.eot],
         )
         torch.manual_seed(self.seed)
         return WhisperForConditionalGeneration(config), tokenizer
@@ -149,14 +167,17 @@ class ModelFactory:
             language=m.language,
             task=m.task,
             seed=self.config.training.seed,
+            audio_context=m.audio_context,
         ).load()
 
 
-def load_model(source: str, variant: str | None = None) -> WhisperModel:
+def load_model(
+    source: str, variant: str | None = None, audio_context: str | float | None = None
+) -> WhisperModel:
     """Load any source without a config; the variant is read from the weights when unset."""
     if variant is None:
         variant = _detect_variant(source)
-    return WhisperModel(variant=variant, pretrained=source).load()
+    return WhisperModel(variant=variant, pretrained=source, audio_context=audio_context).load()
 
 
 def _detect_variant(source: str) -> str:

@@ -20,8 +20,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from kidwhisper.models.variants import Variant
+from kidwhisper.models.variants import Variant, get_variant
+
+if TYPE_CHECKING:
+    from kidwhisper.config import Config
 
 ENCODER_POSITIONS = 1500  # after the stride-2 convolution over 3000 mel frames
 MEL_FRAMES = 3000
@@ -116,3 +120,20 @@ def estimate(
         logits=logits,
         runtime=CPU_RUNTIME_BYTES if device == "cpu" else 0,
     )
+
+
+def report_lines(config: Config, tokens: int, device: str) -> list[str]:
+    """`kidwhisper estimate`'s table: each part with and without gradient checkpointing."""
+    t, variant = config.training, get_variant(config.model.variant)
+    mixed = device == "cuda" and t.precision != "fp32"
+    lines = [
+        f"{variant.name}: {parameter_count(variant) / 1e6:.1f}M parameters, micro-batch "
+        f"{t.batch_size}, {tokens} label tokens, {device}, "
+        f"{'bf16/fp16' if mixed else 'fp32'} activations",
+        f"{'GiB':<12}{'no checkpointing':>18}{'checkpointing':>16}",
+    ]
+    both = [estimate(variant, t.batch_size, tokens, c, mixed, device) for c in (False, True)]
+    for (part, plain), (_, ckpt) in zip(both[0].rows(), both[1].rows(), strict=True):
+        lines.append(f"{part:<12}{plain:>18.2f}{ckpt:>16.2f}")
+    chosen = "on" if t.gradient_checkpointing else "off"
+    return [*lines, f"this config has gradient checkpointing {chosen}"]

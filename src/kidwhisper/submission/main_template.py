@@ -1,0 +1,334 @@
+# ruff: noqa: E402  (the shipped kidwhisper must be first on sys.path before anything imports it)
+"""Competition entry point: transcribe data/ into submission/submission.jsonl.
+
+Shipped as `main.py` at the root of a submission.zip by `kidwhisper package-submission`.
+The "On Top of Pasketti" runtime unzips the archive into `src/` and runs this file from a
+folder holding `data/` (utterance_metadata.jsonl, submission_format.jsonl, audio/), with no
+internet and without kidwhisper installed: the modules inference needs travel beside this
+file in `kidwhisper/`, the model in `model/`, the batch size and decoding settings in
+`kidwhisper_settings.json`.
+
+Every id of submission_format.jsonl gets a line, in its order. A clip that cannot be read or
+decoded gets "" (and a log line, up to a cap); an id without metadata gets "" (counted). The
+log stays around 100 lines: the runtime keeps only 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+STARTED = time.perf_counter()  # before the heavy imports: loading counts them
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the shipped kidwhisper, never an installed one
+for _flag in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ.setdefault(_flag, "1")  # no internet: never wait on the Hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch
+import transformers
+from transformers import WhisperForConditionalGeneration, WhisperTokenizerFast
+
+import kidwhisper
+from kidwhisper.audio_context import FULL, enable_short_input, recorded_context
+from kidwhisper.data import Utterance, clip_seconds
+from kidwhisper.decoding import DecodingOptions
+from kidwhisper.inference import by_length, transcribe
+from kidwhisper.models.variants import VOCAB_ENGLISH
+from kidwhisper.text import SpecialTokens, special_tokens
+
+SETTINGS_FILE = "kidwhisper_settings.json"
+MODEL_DIR = "model"
+SUBMISSION = Path("submission") / "submission.jsonl"
+TEST_CLIPS = 214_000  # the competition's test set, to be decoded in at most 2 hours
+LOG_LINES = 90  # budget for ordinary log lines; the final summary always gets through
+CLIP_WARNINGS = 20  # at most this many lines about single clips
+PROGRESS_LINES = 20  # progress is logged about this many times, not per batch
+CUDA_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+log = logging.getLogger("submission")
+
+
+class LogBudget(logging.Filter):
+    """Keeps the log short: at most `lines` records in all and `clip_warnings` about single
+    clips; records logged with ``extra={"keep": True}`` always pass."""
+
+    def __init__(self, lines: int = LOG_LINES, clip_warnings: int = CLIP_WARNINGS) -> None:
+        super().__init__()
+        self.lines, self.clip_warnings = lines, clip_warnings
+        self.emitted = self.clips = self.suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "keep", False):
+            return True
+        about_clip = str(record.msg).startswith("cannot decode")
+        if self.emitted >= self.lines or (about_clip and self.clips >= self.clip_warnings):
+            self.suppressed += 1
+            return False
+        self.clips += about_clip
+        self.emitted += 1
+        return True
+
+
+def setup_logging() -> LogBudget:
+    budget = LogBudget()
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    handler.addFilter(budget)
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    logging.captureWarnings(True)  # Python warnings go through the budget too
+    transformers.logging.set_verbosity_error()
+    return budget
+
+
+def keep(message: str, *args: object) -> None:
+    """A summary line that the log budget never drops."""
+    log.info(message, *args, extra={"keep": True})
+
+
+# --- inputs ------------------------------------------------------------------------------
+
+
+def jsonl_rows(path: Path) -> list[tuple[int, object]]:
+    """(line number, parsed row) for each non-blank line; a line that is not JSON is logged
+    and left out."""
+    rows = []
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((number, json.loads(line)))
+            except json.JSONDecodeError as err:
+                log.warning("%s:%d: not valid JSON (%s); line skipped", path.name, number, err.msg)
+    return rows
+
+
+def read_inputs(data: Path) -> tuple[list[str], list[Utterance], int]:
+    """The ids to write (submission_format order), the utterances to decode, and how many
+    ids have no usable metadata line."""
+    ids = []
+    for number, row in jsonl_rows(data / "submission_format.jsonl"):
+        uid = row.get("utterance_id") if isinstance(row, dict) else None
+        if isinstance(uid, str):
+            ids.append(uid)
+        else:
+            log.warning("submission_format.jsonl:%d: no utterance_id; line skipped", number)
+    wanted = set(ids)
+    found: dict[str, Utterance] = {}
+    for number, row in jsonl_rows(data / "utterance_metadata.jsonl"):
+        if not isinstance(row, dict) or row.get("utterance_id") not in wanted:
+            continue
+        uid, audio = row["utterance_id"], row.get("audio_path")
+        if not isinstance(audio, str) or uid in found:
+            log.warning("utterance_metadata.jsonl:%d: no audio_path or a repeated id", number)
+            continue
+        duration = row.get("audio_duration_sec")
+        found[uid] = Utterance(
+            utterance_id=uid,
+            audio=data / audio,
+            text=None,
+            duration=float(duration) if isinstance(duration, int | float) else None,
+            age_bucket=row.get("age_bucket"),
+        )
+    return ids, list(found.values()), len(wanted - found.keys())
+
+
+def read_settings() -> dict:
+    path = HERE / SETTINGS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+# --- model -------------------------------------------------------------------------------
+
+
+@dataclass
+class ShippedModel:
+    """The attributes of kidwhisper's `WhisperModel` that `inference.transcribe` reads."""
+
+    model: WhisperForConditionalGeneration
+    tokenizer: WhisperTokenizerFast
+    special: SpecialTokens
+    n_mels: int
+    audio_context: str | float
+
+
+def pick_device(settings: dict) -> tuple[torch.device, torch.dtype]:
+    if torch.cuda.is_available():
+        dtype = CUDA_DTYPES[settings.get("cuda_dtype", "float16")]
+        return torch.device("cuda"), dtype
+    log.warning("no GPU available: falling back to the CPU in float32 (much slower)")
+    return torch.device("cpu"), torch.float32
+
+
+def load_model(folder: Path, settings: dict, device: torch.device, dtype: torch.dtype):
+    model = WhisperForConditionalGeneration.from_pretrained(folder)
+    model.to(device=device, dtype=dtype).eval()
+    enable_short_input(model)  # the encoder takes fewer than 3000 frames
+    tokenizer = WhisperTokenizerFast.from_pretrained(folder)
+    config = model.config
+    special = special_tokens(
+        tokenizer,
+        multilingual=config.vocab_size != VOCAB_ENGLISH,
+        vocab_size=config.vocab_size,
+        language=settings.get("language", "en"),
+        task=settings.get("task", "transcribe"),
+    )
+    context = recorded_context(config) or FULL
+    return ShippedModel(model, tokenizer, special, config.num_mel_bins, context)
+
+
+# --- decoding ----------------------------------------------------------------------------
+
+
+def decode(
+    wm: ShippedModel,
+    utterances: list[Utterance],
+    batch_size: int,
+    options: DecodingOptions,
+    workers: int,
+) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """Transcribe longest first, in chunks of whole batches so progress is logged about
+    `PROGRESS_LINES` times (the batches are those one `transcribe` call would make)."""
+    ordered = by_length(utterances)
+    seconds = [clip_seconds(u) for u in ordered]
+    total_audio = sum(seconds) or 1.0
+    batches = math.ceil(len(ordered) / batch_size)
+    chunk = batch_size * max(1, math.ceil(batches / PROGRESS_LINES))
+    texts: dict[str, str] = {}
+    errors: list[tuple[str, str]] = []
+    start = time.perf_counter()
+    for first in range(0, len(ordered), chunk):
+        part = ordered[first : first + chunk]
+        try:
+            got, bad = transcribe(wm, part, batch_size, options, workers, progress=False)
+        except Exception as err:  # a failure outside the per-clip retry: isolate the clip
+            log.warning("a chunk of %d clips failed (%s); decoding them one by one", len(part), err)
+            got, bad = one_by_one(wm, part, options)
+        texts.update(got)
+        errors += bad
+        done = first + len(part)
+        elapsed = time.perf_counter() - start
+        audio_done = sum(seconds[:done]) or 1e-9
+        log.info(
+            "%d/%d clips, %.1f clips/s, %.0f s elapsed, about %.0f s left",
+            done,
+            len(ordered),
+            done / elapsed,
+            elapsed,
+            elapsed * (total_audio - audio_done) / audio_done,
+        )
+    return texts, errors
+
+
+def one_by_one(
+    wm: ShippedModel, utterances: list[Utterance], options: DecodingOptions
+) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    texts: dict[str, str] = {}
+    errors: list[tuple[str, str]] = []
+    for utterance in utterances:
+        try:
+            got, bad = transcribe(wm, [utterance], 1, options, 0, progress=False)
+        except Exception as err:
+            log.warning("cannot decode %s: %s", utterance.utterance_id, err)
+            got, bad = {}, [(utterance.utterance_id, str(err))]
+        texts.update(got)
+        errors += bad
+    return texts, errors
+
+
+def write_submission(path: Path, ids: list[str], texts: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w", encoding="utf-8") as out:
+        for uid in ids:
+            row = {"utterance_id": uid, "orthographic_text": texts.get(uid, "")}
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(partial, path)
+
+
+# --- main --------------------------------------------------------------------------------
+
+
+def main() -> int:
+    started = STARTED
+    budget = setup_logging()
+    shipped = Path(kidwhisper.__file__).resolve().parent
+    if shipped != HERE / "kidwhisper":
+        raise RuntimeError(f"kidwhisper was imported from {shipped}, not from {HERE}")
+    settings = read_settings()
+    data = Path.cwd() / "data"
+    if not (data / "submission_format.jsonl").is_file():
+        data = HERE.parent / "data"
+    ids, utterances, missing = read_inputs(data)
+    log.info(
+        "%d ids to transcribe, %d with audio, %d without metadata",
+        len(ids),
+        len(utterances),
+        missing,
+    )
+
+    device, dtype = pick_device(settings)
+    wm = load_model(HERE / MODEL_DIR, settings, device, dtype)
+    workers = settings.get("num_workers")
+    if workers is None:  # audio reading in parallel only when a GPU does the decoding
+        workers = min(4, max(0, (os.cpu_count() or 1) - 1)) if device.type == "cuda" else 0
+    batch_size = int(settings.get("batch_size", 32))
+    options = DecodingOptions(**settings.get("decoding", {}))
+    loaded = time.perf_counter()
+    hardware = f"{torch.get_num_threads()} threads"
+    if device.type == "cuda":
+        hardware = torch.cuda.get_device_name()
+    log.info(
+        "python %s, torch %s, transformers %s; %s %s (%s); model %s, %.1fM parameters",
+        sys.version.split()[0],
+        torch.__version__,
+        transformers.__version__,
+        device.type,
+        str(dtype).removeprefix("torch."),
+        hardware,
+        settings.get("source", "?"),
+        sum(p.numel() for p in wm.model.parameters()) / 1e6,
+    )
+    log.info(
+        "audio context %s, batch size %d, %d loader workers, %s; loaded in %.1f s",
+        wm.audio_context,
+        batch_size,
+        workers,
+        options,
+        loaded - started,
+    )
+
+    texts, errors = decode(wm, utterances, batch_size, options, workers)
+    decoded = time.perf_counter()
+    write_submission(Path.cwd() / SUBMISSION, ids, texts)
+
+    empty = sum(1 for uid in ids if not texts.get(uid))
+    keep("wrote %s: %d lines, %d empty", SUBMISSION, len(ids), empty)
+    keep("%d clip(s) unreadable or undecodable, %d id(s) without metadata", len(errors), missing)
+    if utterances:
+        rate = len(utterances) / max(decoded - loaded, 1e-9)
+        keep(
+            "decoded %d clips in %.1f s: %.2f clips/s; %d clips would take about %.0f min "
+            "(+ %.0f s loading)",
+            len(utterances),
+            decoded - loaded,
+            rate,
+            TEST_CLIPS,
+            TEST_CLIPS / rate / 60,
+            loaded - started,
+        )
+    if budget.suppressed:
+        keep("%d log message(s) left out to keep the log short", budget.suppressed)
+    keep("done in %.1f s", time.perf_counter() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""`kidwhisper package-submission`: a model and the code that decodes it, in one zip.
+
+The archive is what the competition runtime unzips into `src/` and runs:
+
+    main.py                    the entry point (main_template.py of this package)
+    kidwhisper_settings.json   batch size, decoding options, language and task
+    kidwhisper/                only the modules inference needs (kidwhisper is not installed
+                               there); `kidwhisper/__init__.py` and `models/__init__.py` are stubs
+    model/                     safetensors, config.json (with the audio context), tokenizer,
+                               generation and preprocessor configs
+
+Before writing, every import in the shipped code is checked with `ast`: a `kidwhisper.*`
+import must be shipped too, anything else must be in the standard library or the runtime's
+packages; a missing one fails packaging with the file and line, rather than failing in the
+runtime after an upload.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+import kidwhisper
+
+if TYPE_CHECKING:
+    from kidwhisper.decoding import DecodingOptions
+
+PACKAGE_ROOT = Path(kidwhisper.__file__).resolve().parent
+MAIN_TEMPLATE = Path(__file__).resolve().parent / "main_template.py"
+SETTINGS_FILE = "kidwhisper_settings.json"  # main_template.py reads the same names
+MODEL_DIR = "model"
+
+# The modules `inference.transcribe` needs, and what they import (text.py reads a constant
+# from models/variants.py). The two packages are shipped as stubs so that importing a
+# module does not import the whole of kidwhisper.
+SHIPPED_MODULES = (
+    "kidwhisper.audio",
+    "kidwhisper.audio_context",
+    "kidwhisper.data",
+    "kidwhisper.decoding",
+    "kidwhisper.inference",
+    "kidwhisper.text",
+    "kidwhisper.models.variants",
+)
+STUB_PACKAGES = {
+    "kidwhisper": f'"""kidwhisper, packaged for a competition submission: only the modules '
+    f'inference needs."""\n\n__version__ = "{kidwhisper.__version__}"\n',
+    "kidwhisper.models": '"""Only the variant table is shipped in a submission."""\n',
+}
+# Third-party packages of the competition runtime (Python 3.11, torch, transformers, peft,
+# librosa, soundfile, numpy) and what they install with them.
+RUNTIME_PACKAGES = frozenset(
+    {
+        "torch",
+        "transformers",
+        "tokenizers",
+        "huggingface_hub",
+        "safetensors",
+        "peft",
+        "numpy",
+        "librosa",
+        "soxr",  # a librosa dependency
+        "scipy",
+        "soundfile",
+        "tqdm",
+        "yaml",
+    }
+)
+
+
+class SubmissionError(ValueError):
+    """A submission that cannot be built, unpacked or run; the message says why."""
+
+
+# --- the shipped code --------------------------------------------------------------------
+
+
+def module_file(module: str) -> str:
+    """Path inside the zip of a module or (for a stub) package: kidwhisper/models/variants.py."""
+    parts = module.split(".")
+    if module in STUB_PACKAGES:
+        return "/".join([*parts, "__init__.py"])
+    return "/".join(parts) + ".py"
+
+
+def shipped_sources() -> dict[str, str]:
+    """Module name -> source text of everything shipped under kidwhisper/."""
+    sources = dict(STUB_PACKAGES)
+    for module in SHIPPED_MODULES:
+        relative = Path(*module.split(".")[1:]).with_suffix(".py")
+        sources[module] = (PACKAGE_ROOT / relative).read_text(encoding="utf-8")
+    return sources
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _runtime_nodes(node: ast.AST, in_function: bool = False):
+    """(node, whether it is inside a function) for every node under `node`, except the
+    bodies of `if TYPE_CHECKING:` blocks."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.If) and _is_type_checking(child.test):
+            children = child.orelse
+        else:
+            children = [child]
+        for other in children:
+            yield other, in_function
+            nested = in_function or isinstance(other, ast.FunctionDef | ast.AsyncFunctionDef)
+            yield from _runtime_nodes(other, nested)
+
+
+def _imports(module: str, source: str, is_package: bool) -> list[tuple[int, str, list[str], bool]]:
+    """(line, imported module, names taken from it, whether it runs on import) for each
+    import of `module`."""
+    found = []
+    for node, in_function in _runtime_nodes(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name, [], not in_function) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against the importing module's package
+                package = module.split(".")
+                package = package if is_package else package[:-1]
+                package = package[: len(package) - node.level + 1]
+                base = ".".join([*package, *([base] if base else [])])
+            names = [alias.name for alias in node.names]
+            found.append((node.lineno, base, names, not in_function))
+    return found
+
+
+def check_imports(sources: dict[str, str], main: str | None = None) -> None:
+    """Fail unless every import of the shipped code can be satisfied in the runtime.
+
+    `sources` maps module names (kidwhisper.data, kidwhisper for the package) to source text;
+    `main` is main.py's. Every `kidwhisper.*` import, even one inside a function, must name
+    a shipped module (from a stub package, only its shipped submodules can be imported). Any
+    other import that runs when the module is imported must be in the standard library or
+    `RUNTIME_PACKAGES`; imports inside functions are left alone there (they are how
+    kidwhisper reaches optional packages, e.g. the bundled weights, that inference never uses).
+    """
+    files = [(module, module_file(module), source) for module, source in sources.items()]
+    if main is not None:
+        files.append(("__main__", "main.py", main))
+    problems = []
+    for module, path, source in files:
+        for line, name, names, on_import in _imports(module, source, module in STUB_PACKAGES):
+            problems += _problems(f"{path}:{line}", name, names, on_import, sources)
+    if problems:
+        raise SubmissionError(
+            "the submission's code would fail to import in the runtime:\n  "
+            + "\n  ".join(problems)
+            + "\nadd the module(s) to kidwhisper.submission.package.SHIPPED_MODULES "
+            "or remove the import"
+        )
+
+
+def _problems(
+    where: str, name: str, names: list[str], on_import: bool, sources: dict[str, str]
+) -> list[str]:
+    top = name.split(".")[0]
+    if top != "kidwhisper":
+        known = {"", "__future__", *sys.stdlib_module_names, *RUNTIME_PACKAGES}
+        if on_import and top not in known:
+            return [f"{where} imports {name}, which the competition runtime does not have"]
+        return []
+    if name not in sources:
+        return [f"{where} imports {name}, which is not in the submission"]
+    if name not in STUB_PACKAGES:
+        return []
+    missing = [n for n in names if f"{name}.{n}" not in sources]
+    if missing:  # the stub defines nothing: only its shipped submodules can be imported
+        return [
+            f"{where} imports {', '.join(missing)} from {name}, which is only a stub in the "
+            f"submission (no {', '.join(f'{name}.{n}' for n in missing)} module is shipped)"
+        ]
+    return []
+
+
+# --- packaging ---------------------------------------------------------------------------
+
+
+@dataclass
+class PackageReport:
+    path: Path
+    size: int
+    entries: list[tuple[str, int]]  # (name in the zip, uncompressed bytes)
+    source: str
+    audio_context: str | float
+    parameters: int
+    seconds: float
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    def summary_lines(self) -> list[str]:
+        groups: dict[str, list[int]] = {}
+        for name, size in self.entries:
+            top = name.split("/")[0] + ("/" if "/" in name else "")
+            groups.setdefault(top, []).append(size)
+        lines = [
+            f"wrote {self.path} ({self.size / 2**20:.1f} MiB, {len(self.entries)} files, "
+            f"{self.seconds:.1f} s)",
+            f"model {self.source}: {self.parameters / 1e6:.1f}M parameters, "
+            f"audio context {self.audio_context}",
+        ]
+        for top, sizes in groups.items():
+            files = f"{len(sizes)} files, " if len(sizes) > 1 else ""
+            lines.append(f"  {top:<26} {files}{sum(sizes) / 2**10:,.1f} KiB")
+        return lines + [f"warning: {warning}" for warning in self.warnings]
+
+
+def package_submission(
+    model_source: str,
+    out_zip: str | Path,
+    audio_context: str | float | None = None,
+    batch_size: int | None = None,
+    options: DecodingOptions | None = None,
+    variant: str | None = None,
+) -> PackageReport:
+    """Write a competition submission.zip for `model_source` (a transformers folder, a
+    checkpoint, `bundled:tiny.en`...). `audio_context` unset keeps the model's own.
+
+    The batch size and decoding options default to `kidwhisper evaluate`'s, so the runtime
+    decodes exactly as evaluate scored: under the `batch` audio context the batch size sets
+    each clip's padding, which moves the WER. A larger batch is faster on a GPU; measure
+    its WER with `kidwhisper evaluate --batch-size` or `run-submission` first.
+    """
+    from kidwhisper.audio_context import parse_context, record_context
+    from kidwhisper.config import EvaluationConfig
+    from kidwhisper.evaluation import decoding_options
+    from kidwhisper.models import load_model
+    from kidwhisper.submission.runner import unsafe_member
+
+    start = time.perf_counter()
+    batch_size = EvaluationConfig.batch_size if batch_size is None else batch_size
+    if batch_size < 1:
+        raise SubmissionError(f"batch size must be at least 1, not {batch_size}")
+    sources = shipped_sources()
+    main = MAIN_TEMPLATE.read_text(encoding="utf-8")
+    check_imports(sources, main)
+    wm = load_model(model_source, variant)  # with the context it was trained with
+    warnings = []
+    if audio_context is not None and parse_context(audio_context) != wm.audio_context:
+        warnings.append(
+            f"{model_source} was trained with audio context {wm.audio_context}, packaged with "
+            f"{parse_context(audio_context)}: check its WER with `kidwhisper run-submission` "
+            "(a zero-shot model loses a lot under `batch`)"
+        )
+        wm.audio_context = parse_context(audio_context)
+        record_context(wm.model.config, wm.audio_context)  # saved in config.json
+    options = options or decoding_options(EvaluationConfig())
+    settings = {
+        "source": model_source,
+        "variant": wm.variant.name,
+        "audio_context": wm.audio_context,
+        "language": wm.language,
+        "task": wm.task,
+        "batch_size": batch_size,
+        "num_workers": None,  # main.py: a few on a GPU machine, none on a CPU
+        "cuda_dtype": "float16",
+        "decoding": dataclasses.asdict(options),
+        "kidwhisper_version": kidwhisper.__version__,
+        "packaged": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+    out_zip = Path(out_zip)
+    out_zip.parent.mkdir(parents=True, exist_ok=True)
+    partial = out_zip.with_name(out_zip.name + ".partial")
+    with tempfile.TemporaryDirectory(prefix="kidwhisper-package-") as tmp:
+        model_dir = wm.save(Path(tmp) / MODEL_DIR)
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("main.py", main)
+            archive.writestr(SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
+            for module, source in sources.items():
+                archive.writestr(module_file(module), source)
+            for path in sorted(model_dir.rglob("*")):
+                if path.is_file():
+                    name = str(PurePosixPath(MODEL_DIR, *path.relative_to(model_dir).parts))
+                    # Weights barely compress; storing them keeps packaging and unzipping fast.
+                    kind = zipfile.ZIP_STORED if path.suffix == ".safetensors" else None
+                    archive.write(path, name, compress_type=kind)
+    with zipfile.ZipFile(partial) as archive:
+        entries = [(info.filename, info.file_size) for info in archive.infolist()]
+    bad = [name for name, _ in entries if unsafe_member(name)]
+    if bad or "main.py" not in dict(entries):
+        partial.unlink()
+        raise SubmissionError(f"internal error: bad zip members {bad} or no main.py at the root")
+    partial.replace(out_zip)
+    return PackageReport(
+        path=out_zip,
+        size=out_zip.stat().st_size,
+        entries=entries,
+        source=model_source,
+        audio_context=wm.audio_context,
+        parameters=wm.params,
+        seconds=time.perf_counter() - start,
+        warnings=warnings,
+    )

@@ -1,0 +1,53 @@
+"""Benchmarks run end to end on a few real clips (the figures themselves are not checked)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, needs_shared
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@needs_shared
+def test_train_throughput_prints_both_sides(tmp_path: Path, capsys):
+    pytest.importorskip("accelerate", reason="transformers' Trainer needs accelerate")
+    bench = _load("train_throughput")
+    dry_run = ["--limit", "16", "--eval-limit", "8", "--epochs", "1"]
+    figures = bench.main(
+        [*dry_run, "--out-dir", str(tmp_path), "--json", str(tmp_path / "figures.json")]
+    )
+    table = capsys.readouterr().out
+    rows = {
+        cells[0]: cells
+        for line in table.splitlines()
+        if line.startswith("| ") and (cells := [c.strip() for c in line.strip("|").split("|")])
+    }
+    for side in ("plain", "kidwhisper"):
+        assert side in rows, f"no {side} row in:\n{table}"
+        _, epochs, steps, seconds, throughput, speedup, wer = rows[side]
+        assert epochs == "1" and int(steps) >= 1 and float(seconds) > 0
+        assert float(throughput) > 0 and speedup.endswith("x")
+        assert re.fullmatch(r"\d+\.\d\d%", wer)
+    assert "Step counts differ" in table
+    saved = json.loads((tmp_path / "figures.json").read_text())
+    assert (
+        [r["side"] for r in saved["rows"]]
+        == ["plain", "kidwhisper"]
+        == [r["side"] for r in figures["rows"]]
+    )
+    assert saved["rows"][1]["speedup"] > 0 and saved["rows"][0]["speedup"] == 1.0
