@@ -10,6 +10,10 @@ scored with the competition's WER:
 * faster-whisper (CTranslate2, the model exported by `kidwhisper export-ct2`) in float32 and
   int8, one clip at a time as `WhisperModel.transcribe` takes them, with greedy settings
   (beam 1, temperature 0, no timestamps, no VAD, no conditioning on previous text).
+  faster-whisper pads the log-mel of a short clip with zeros where transformers pads the
+  audio with silence, so the same weights see different input; the `-pad30` systems hand it
+  each clip already padded to 30 s of silence, which gives it exactly the transformers
+  features: the WER difference of those rows is the export's own.
 
 Times are wall seconds for transcribing (model loading and export excluded); the real-time
 factor (RTF) is that time over the audio's duration.
@@ -28,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
@@ -43,6 +48,8 @@ from kidwhisper.scoring import score
 REPO = Path(__file__).resolve().parents[1]
 SO762_DEV = REPO.parent / "shared/data/so762-kids/dev.jsonl"
 SYSTEMS = ["kidwhisper", "transformers", "faster-whisper-float32", "faster-whisper-int8"]
+PADDED = ["faster-whisper-float32-pad30", "faster-whisper-int8-pad30"]
+N_SAMPLES_30S = 30 * 16_000
 
 
 def model_dir(source: str) -> Path:
@@ -75,7 +82,9 @@ def run_transformers(source: str, utterances, batch_size: int) -> tuple[list[str
     return texts, time.perf_counter() - start, "full"
 
 
-def run_faster_whisper(source: str, utterances, quantization: str) -> tuple[list[str], float, str]:
+def run_faster_whisper(
+    source: str, utterances, quantization: str, pad: bool
+) -> tuple[list[str], float, str]:
     import faster_whisper
 
     from kidwhisper.models.export import export_ct2
@@ -85,8 +94,11 @@ def run_faster_whisper(source: str, utterances, quantization: str) -> tuple[list
         model = faster_whisper.WhisperModel(str(out), device="cpu", compute_type=quantization)
         texts, start = [], time.perf_counter()
         for u in utterances:
+            audio = load_audio(u.audio)
+            if pad and len(audio) < N_SAMPLES_30S:
+                audio = np.pad(audio, (0, N_SAMPLES_30S - len(audio)))
             segments, _ = model.transcribe(
-                load_audio(u.audio),
+                audio,
                 language="en",
                 beam_size=1,
                 temperature=0.0,
@@ -103,14 +115,15 @@ def run(system: str, source: str, utterances, batch_size: int) -> tuple[list[str
         return run_kidwhisper(source, utterances, batch_size)
     if system == "transformers":
         return run_transformers(source, utterances, batch_size)
-    return run_faster_whisper(source, utterances, system.rsplit("-", 1)[1])
+    quantization = system.removeprefix("faster-whisper-").removesuffix("-pad30")
+    return run_faster_whisper(source, utterances, quantization, system.endswith("-pad30"))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="bundled:tiny.en", help="bundled:NAME or a model folder")
     p.add_argument("--data", type=Path, default=SO762_DEV)
-    p.add_argument("--systems", nargs="+", default=SYSTEMS, choices=SYSTEMS)
+    p.add_argument("--systems", nargs="+", default=SYSTEMS, choices=SYSTEMS + PADDED)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--limit", type=int, help="first N clips (dry runs)")
     p.add_argument("--json", type=Path, help="also write the figures here")

@@ -51,3 +51,24 @@ def test_train_throughput_prints_both_sides(tmp_path: Path, capsys):
         == [r["side"] for r in figures["rows"]]
     )
     assert saved["rows"][1]["speedup"] > 0 and saved["rows"][0]["speedup"] == 1.0
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@needs_shared
+def test_decode_throughput_prints_every_system(tmp_path: Path, capsys):
+    pytest.importorskip("faster_whisper", reason="the faster-whisper rows need it")
+    bench = _load("decode_throughput")
+    systems = bench.SYSTEMS + bench.PADDED
+    rows = bench.main(
+        ["--limit", "3", "--systems", *systems, "--json", str(tmp_path / "figures.json")]
+    )
+    table = capsys.readouterr().out
+    assert [r["system"] for r in rows] == systems
+    assert all(r["seconds"] > 0 and 0 <= r["wer"] <= 1 for r in rows)
+    for system in systems:
+        assert f"| {system} |" in table
+    # The same weights given the same features: the float32 export decodes as transformers.
+    wer = {r["system"]: r["wer"] for r in rows}
+    assert wer["faster-whisper-float32-pad30"] == wer["transformers"]
+    assert json.loads((tmp_path / "figures.json").read_text()) == rows
