@@ -28,7 +28,7 @@ from kidwhisper.audio_context import FRAMES_PER_SECOND, clip_frames
 from kidwhisper.decoding import DecodingOptions, greedy_decode
 from kidwhisper.distributed import pick_device
 from kidwhisper.models import WhisperModel
-from kidwhisper.training import summed_loss
+from kidwhisper.trainer import summed_loss
 
 COMPETITION_CLIPS = 214_000
 PEAK_TFLOPS = {"A100": 312, "H100": 989, "H200": 989, "L4": 121, "A10": 125}  # dense bf16

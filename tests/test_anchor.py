@@ -9,7 +9,7 @@ import torch
 
 from kidwhisper.anchor import KLAnchor
 from kidwhisper.data import SpeechDataset, WhisperCollator, read_manifest
-from kidwhisper.training import Run, batch_stream, summed_loss
+from kidwhisper.trainer import Run, batch_stream, summed_loss
 
 from .test_training import _config
 
@@ -62,7 +62,7 @@ def test_training_with_the_anchor_keeps_it_frozen(real_manifest: Path, tmp_path:
     run = Run(config)
     start = {k: v.clone() for k, v in run.anchor.base.state_dict().items()}
     assert run.anchor.total_steps == 2
-    batches = batch_stream(run.loader, run.sampler, run.position, run.state)
+    batches = batch_stream(run.loader, run.sampler, run.position, run.problems)
     run.model.train()
     for _ in range(2):
         run.train_step(batches)

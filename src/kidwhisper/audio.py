@@ -23,8 +23,18 @@ N_FRAMES = CHUNK_SECONDS * SAMPLE_RATE // HOP_LENGTH  # 3000 mel frames in a 30 
 SILENCE_BELOW_MAX = 2.0  # zero padding's log-mel value, below the clip's maximum
 
 
+# Why a clip cannot be used: the categories bad-data reports count (problems.py).
+MISSING, EMPTY_FILE, NOT_AUDIO, TRUNCATED = "missing audio", "empty file", "not audio", "truncated"
+NO_SAMPLES, NOT_FINITE = "no samples", "NaN or inf samples"
+
+
 class AudioError(ValueError):
-    """A clip that cannot be used, with the file named in the message."""
+    """A clip that cannot be used, with the file named in the message; `reason` is one of
+    the categories above."""
+
+    def __init__(self, message: str, reason: str = NOT_AUDIO) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def load_audio(
@@ -34,23 +44,30 @@ def load_audio(
     raise `AudioError` naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise AudioError(f"{path}: audio file not found")
+        raise AudioError(f"{path}: audio file not found", MISSING)
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: is an empty file (0 bytes)", EMPTY_FILE)
     try:
-        with sf.SoundFile(path) as f:
+        f = sf.SoundFile(path)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+        raise AudioError(f"{path}: not readable as audio ({err})", NOT_AUDIO) from err
+    try:
+        with f:
             rate = f.samplerate
             f.seek(min(round(start * rate), f.frames))
             frames = -1 if end is None else max(0, round(end * rate) - round(start * rate))
             audio = f.read(frames, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
-        raise AudioError(f"{path}: not readable as audio ({err})") from err
+        # The header was fine, the data is not: a cut-off download or copy.
+        raise AudioError(f"{path}: truncated or corrupt audio data ({err})", TRUNCATED) from err
     audio = audio.mean(axis=1)  # channels -> mono
     if rate != sample_rate:
         audio = soxr.resample(audio, rate, sample_rate, quality="HQ")
     if audio.size == 0:
         where = "" if start == 0 and end is None else f" in [{start}, {end}) s"
-        raise AudioError(f"{path}: is empty (no samples{where})")
+        raise AudioError(f"{path}: is empty (no samples{where})", NO_SAMPLES)
     if not np.isfinite(audio).all():
-        raise AudioError(f"{path}: contains NaN or infinite samples")
+        raise AudioError(f"{path}: contains NaN or infinite samples", NOT_FINITE)
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 

@@ -94,11 +94,20 @@ def save_checkpoint(
     final = root / f"{PREFIX}{step:07d}"
     tmp = root / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_model(tmp / "model")
-    torch.save(trainer_state, tmp / STATE_FILE)
-    (tmp / "meta.json").write_text(json.dumps({**meta, "time": time.time()}, indent=2))
-    (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
+    try:
+        tmp.mkdir()
+        save_model(tmp / "model")
+        torch.save(trainer_state, tmp / STATE_FILE)
+        (tmp / "meta.json").write_text(json.dumps({**meta, "time": time.time()}, indent=2))
+        (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
+    except OSError as err:  # a full disk, a vanished folder: the latest stays as it was
+        shutil.rmtree(tmp, ignore_errors=True)
+        latest = latest_checkpoint(root)
+        raise OSError(
+            err.errno,
+            f"could not write checkpoint step {step} to {root} ({err.strerror or err}); "
+            f"the latest complete checkpoint is still {latest}",
+        ) from err
     if final.exists():  # re-saving a step after a resume: replace it whole
         shutil.rmtree(final)
     os.replace(tmp, final)

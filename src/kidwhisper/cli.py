@@ -16,14 +16,18 @@ from kidwhisper.analysis import ScoreInputError
 from kidwhisper.audio import AudioError
 from kidwhisper.config import ConfigError, EvaluationConfig, load_config
 from kidwhisper.data import ManifestError
+from kidwhisper.faults import Interrupted, TrainingError
 from kidwhisper.models.averaging import AveragingError
 from kidwhisper.models.export import ExportError
+from kidwhisper.problems import BadDataError
 from kidwhisper.submission.package import SubmissionError
 
 USER_ERRORS = (
     ConfigError,
     ManifestError,
     AudioError,
+    BadDataError,
+    TrainingError,
     AveragingError,
     ScoreInputError,
     ExportError,
@@ -52,6 +56,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"fine-tuned WER: {_pct(after['wer'])}  ({after['utterances']} utterances)")
         for bucket, wer in after["wer_by_age"].items():
             print(f"  age {bucket}: {_pct(wer)}")
+    print(f"training data: {metrics['bad_data_summary']}")
     print(f"wall time: {metrics['wall_seconds']:.0f} s; model: {metrics['model_dir']}")
     return 0
 
@@ -385,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Interrupted as err:  # a checkpoint was written: the same command resumes
+        print(f"kidwhisper: {err}", file=sys.stderr)
+        return 128 + err.signum
 
 
 if __name__ == "__main__":

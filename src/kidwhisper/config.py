@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from transformers import WhisperConfig
 
 from kidwhisper.audio_context import BATCH, FULL, parse_context
 from kidwhisper.models.bundled import BUNDLED, BUNDLED_PREFIX
-from kidwhisper.models.variants import VARIANTS
+from kidwhisper.models.variants import VARIANTS, variant_of
 
 
 class ConfigError(ValueError):
@@ -54,6 +55,12 @@ class DataConfig:
     max_train_samples: int | None = field(default=None, metadata=_min(1))
     max_eval_samples: int | None = field(default=None, metadata=_min(1))
     num_workers: int = field(default=2, metadata=_min(0))
+    # Training entries that cannot be used (problems.py): `skip` leaves each out and counts
+    # it under its reason; `fail` stops at the first, naming it.
+    bad_entries: Literal["skip", "fail"] = "skip"
+    # Training clips outside this range (seconds) are bad entries: Whisper sees 30 s at most.
+    min_seconds: float = field(default=0.1, metadata=_min(0))
+    max_seconds: float = field(default=30.0, metadata={"gt": 0, "max": 30})
 
 
 @dataclass
@@ -82,6 +89,12 @@ class TrainingConfig:
     keep_checkpoints: int = field(default=2, metadata=_min(1))  # newest kept, plus the best
     early_stopping_patience: int | None = field(default=None, metadata=_min(1))  # evaluations
     log_every_steps: int = field(default=10, metadata=_min(1))
+    # A step with a NaN/inf loss or gradient is skipped and counted; this many in a row stop
+    # the run (faults.py).
+    max_bad_steps: int = field(default=5, metadata=_min(1))
+    # Out of memory in a training step: `fail` with the figures and what to change, or
+    # `halve` the micro-batches (each split in two, the same update) and go on.
+    on_oom: Literal["fail", "halve"] = "fail"
     device: str = "auto"
     seed: int = 0
 
@@ -256,11 +269,42 @@ def validate(config: Config, source: str, check_paths: bool = True) -> None:
                 "model.variant",
                 f"{m.variant!r} but {m.pretrained} is {BUNDLED[name].variant!r}: set them alike",
             )
+    if config.data.min_seconds >= config.data.max_seconds:
+        _fail(source, "data.min_seconds", f"must be below data.max_seconds, got "
+              f"{config.data.min_seconds} >= {config.data.max_seconds}")  # fmt: skip
     if check_paths:
+        _check_pretrained(m.pretrained, m.variant, source)
         for i, train in enumerate(config.data.train):
             _check_file(train, source, f"data.train[{i}]")
         if config.data.eval:
             _check_file(config.data.eval, source, "data.eval")
+
+
+def _check_pretrained(pretrained: str | None, variant: str, source: str) -> None:
+    """A local model folder must exist and be the variant the config names: read from its
+    config.json, before any weights are loaded."""
+    if not pretrained or pretrained.startswith(BUNDLED_PREFIX) or pretrained == "random":
+        return
+    local = Path(pretrained).expanduser()
+    if not local.exists():
+        if pretrained.startswith((".", "/", "~")) or local.suffix:
+            _fail(source, "model.pretrained", f"{pretrained}: no such model folder")
+        return  # a Hub id
+    config_file = local / "config.json"
+    if not config_file.is_file():
+        _fail(source, "model.pretrained", f"{pretrained}: not a model folder (no config.json)")
+    try:
+        found = variant_of(WhisperConfig.from_json_file(config_file))
+    except (ValueError, OSError) as err:
+        _fail(source, "model.pretrained", f"{config_file}: not a readable model config ({err})")
+    if found is None or found.name != variant:
+        what = found.name if found else "no known variant"
+        _fail(
+            source,
+            "model.variant",
+            f"{variant!r} but {pretrained} is {what!r} (its config.json): set model.variant "
+            "to what the checkpoint is",
+        )
 
 
 def _check_file(value: str, source: str, key: str) -> None:

@@ -19,8 +19,27 @@ import torch
 from torch.utils.data import Dataset
 from transformers import WhisperTokenizerFast
 
-from kidwhisper.audio import SAMPLE_RATE, SILENCE_BELOW_MAX, AudioError, load_audio, log_mel
+from kidwhisper.audio import (
+    MISSING,
+    SAMPLE_RATE,
+    SILENCE_BELOW_MAX,
+    AudioError,
+    load_audio,
+    log_mel,
+)
 from kidwhisper.audio_context import FULL, clip_frames
+from kidwhisper.problems import (
+    DUPLICATE,
+    EMPTY_TEXT,
+    LABEL_TOO_LONG,
+    MALFORMED,
+    NOT_UTF8,
+    SILENCE_PEAK,
+    SILENT,
+    DataProblems,
+    duration_message,
+    duration_problem,
+)
 from kidwhisper.text import SpecialTokens, encode_labels
 
 log = logging.getLogger(__name__)
@@ -30,6 +49,10 @@ IGNORE_INDEX = -100  # label value the cross-entropy loss skips
 
 class ManifestError(ValueError):
     """A manifest line that cannot be used; the message names the file and line."""
+
+    def __init__(self, message: str, reason: str = MALFORMED) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -44,28 +67,60 @@ class Utterance:
     end: float | None = None
 
 
-def read_manifest(path: str | Path, require_text: bool = True) -> list[Utterance]:
-    """Parse a competition-format jsonl file into utterances, failing on the first bad line."""
+def read_manifest(
+    path: str | Path, require_text: bool = True, problems: DataProblems | None = None
+) -> list[Utterance]:
+    """Parse a competition-format jsonl file into utterances.
+
+    Without `problems`, the first bad line is an error (`ManifestError`). With it, bad lines
+    (not UTF-8, not JSON, missing fields), repeated ids (the first is kept) and, when text
+    is required, empty text are reported there under its policy and left out.
+    """
     path = Path(path)
     utterances, seen = [], {}
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
+    with open(path, "rb") as lines:
+        for number, raw in enumerate(lines, 1):
             where = f"{path}:{number}"
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ManifestError(f"{where}: not valid JSON ({err.msg})") from err
-            utterance = _utterance(row, path.parent, where, require_text)
-            if utterance.utterance_id in seen:
-                raise ManifestError(
-                    f"{where}: duplicate utterance_id {utterance.utterance_id} "
-                    f"(first at line {seen[utterance.utterance_id]})"
-                )
+                utterance = _parse_line(raw, path.parent, where, require_text, seen)
+            except ManifestError as err:
+                if problems is None:
+                    raise
+                problems.add(where, err.reason, str(err))
+                continue
+            if utterance is None:
+                continue
+            if problems is not None and require_text and not utterance.text.strip():
+                message = f"{where}: utterance {utterance.utterance_id} has empty text"
+                problems.add(utterance.utterance_id, EMPTY_TEXT, message)
+                continue
             seen[utterance.utterance_id] = number
             utterances.append(utterance)
     return utterances
+
+
+def _parse_line(
+    raw: bytes, root: Path, where: str, require_text: bool, seen: dict[str, int]
+) -> Utterance | None:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        message = f"{where}: not UTF-8 ({err.reason} at byte {err.start})"
+        raise ManifestError(message, NOT_UTF8) from err
+    if not line.strip():
+        return None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ManifestError(f"{where}: not valid JSON ({err.msg})", MALFORMED) from err
+    utterance = _utterance(row, root, where, require_text)
+    if utterance.utterance_id in seen:
+        raise ManifestError(
+            f"{where}: duplicate utterance_id {utterance.utterance_id} "
+            f"(first at line {seen[utterance.utterance_id]})",
+            DUPLICATE,
+        )
+    return utterance
 
 
 def _utterance(row: object, root: Path, where: str, require_text: bool) -> Utterance:
@@ -97,8 +152,36 @@ def clip_seconds(utterance: Utterance) -> float:
         return 0.0
 
 
+def screen(
+    utterances: list[Utterance], problems: DataProblems, seconds_range: tuple[float, float]
+) -> list[Utterance]:
+    """Training entries that pass the checks needing no audio: the file exists and the
+    manifest's duration (when it has one) is in range. The rest are reported to `problems`;
+    loading each clip finds the others (SpeechDataset)."""
+    kept = []
+    for utt in utterances:
+        if not utt.audio.is_file():
+            problems.add(utt.utterance_id, MISSING, f"{utt.audio}: audio file not found")
+            continue
+        reason = utt.duration is not None and duration_problem(utt.duration, *seconds_range)
+        if reason:
+            where = f"{utt.audio} (utterance {utt.utterance_id})"
+            problems.add(
+                utt.utterance_id, reason, duration_message(where, utt.duration, *seconds_range)
+            )
+            continue
+        kept.append(utt)
+    return kept
+
+
 class SpeechDataset(Dataset):
-    """Log-mel features (and labels, when the utterances have text) for each utterance."""
+    """Log-mel features (and labels, when the utterances have text) for each utterance.
+
+    A clip that cannot be used comes back as an item with `error` (the message, naming
+    the file) and `reason` instead of features. With labels (training), so do clips outside
+    [min_seconds, max_seconds], silent clips and labels longer than the decoder allows;
+    without them (decoding), only unreadable clips do.
+    """
 
     def __init__(
         self,
@@ -108,11 +191,13 @@ class SpeechDataset(Dataset):
         special: SpecialTokens | None = None,
         max_label_tokens: int = 448,
         context: str | float = FULL,
+        seconds_range: tuple[float, float] = (0.0, float("inf")),
     ) -> None:
         self.utterances, self.n_mels = utterances, n_mels
         self.context = context  # the encoder's input length, see audio_context.py
         self.tokenizer, self.special = tokenizer, special
         self.max_label_tokens = max_label_tokens  # the decoder's position table
+        self.seconds_range = seconds_range
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -122,19 +207,36 @@ class SpeechDataset(Dataset):
         item: dict = {"index": index, "utterance_id": utt.utterance_id}
         try:
             audio = load_audio(utt.audio, start=utt.start, end=utt.end)
-            frames = clip_frames(self.context, len(audio))
-            item["input_features"] = log_mel(audio, self.n_mels, frames)
-            item["duration"] = len(audio) / SAMPLE_RATE
         except AudioError as err:
-            item["error"] = str(err)
-            return item
+            return {**item, "error": str(err), "reason": err.reason}
+        item["duration"] = len(audio) / SAMPLE_RATE
         if self.tokenizer is not None and utt.text is not None:
+            problem = self._training_problem(utt, audio, item["duration"])
+            if problem:
+                return {**item, "reason": problem[0], "error": problem[1]}
             labels = encode_labels(self.tokenizer, self.special, utt.text)
             if len(labels) > self.max_label_tokens:
-                item["error"] = f"{utt.audio}: label has {len(labels)} tokens, more than the "
-                item["error"] += f"decoder's {self.max_label_tokens}"
+                message = (
+                    f"{utt.audio}: label has {len(labels)} tokens, more than the decoder's "
+                    f"{self.max_label_tokens}"
+                )
+                return {**item, "reason": LABEL_TOO_LONG, "error": message}
             item["labels"] = labels
+        frames = clip_frames(self.context, len(audio))
+        item["input_features"] = log_mel(audio, self.n_mels, frames)
         return item
+
+    def _training_problem(
+        self, utt: Utterance, audio: np.ndarray, seconds: float
+    ) -> tuple[str, str] | None:
+        """(reason, message) when a clip cannot teach its label, else None."""
+        reason = duration_problem(seconds, *self.seconds_range)
+        if reason:
+            return reason, duration_message(str(utt.audio), seconds, *self.seconds_range)
+        peak = float(np.abs(audio).max())
+        if peak < SILENCE_PEAK:
+            return SILENT, f"{utt.audio}: is silent (peak {peak:.1e}) but has text {utt.text!r}"
+        return None
 
 
 @dataclass
@@ -158,6 +260,7 @@ class WhisperCollator:
             "utterance_ids": [item["utterance_id"] for item in good],
             "indices": [item["index"] for item in good],
             "errors": [(item["utterance_id"], item["error"]) for item in items if "error" in item],
+            "error_reasons": [item["reason"] for item in items if "error" in item],
         }
         if not good:
             return batch

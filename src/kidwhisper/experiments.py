@@ -17,6 +17,7 @@ import torch
 
 from kidwhisper.checkpoint import code_version
 from kidwhisper.config import Config, dump_config, load_config
+from kidwhisper.problems import DataProblems
 
 
 class ExperimentExistsError(FileExistsError):
@@ -126,7 +127,7 @@ def results_markdown(name: str, config: Config, metrics: dict) -> str:
         f"- Wall time: {metrics.get('wall_seconds', 0):.0f} s "
         f"(training {metrics.get('train_seconds', 0):.0f} s), "
         f"peak memory {metrics.get('peak_memory_mb', 0):.0f} MB",
-        f"- Unreadable clips skipped: {len(metrics.get('unreadable_clips', {}))}",
+        f"- Bad training entries: {metrics.get('bad_data_summary', 'n/a')}",
         "",
         "## WER (competition normaliser, corpus WER)",
         "",
@@ -199,7 +200,9 @@ def run_experiment(config: Config, overwrite: bool = False, resume: bool = False
             stopped_early=state.stopped_early,
             loss_curve=state.loss_curve,
             evals=evals,
-            unreadable_clips=state.unreadable,
+            bad_data=state.skipped,
+            bad_data_summary=DataProblems(entries=state.skipped).summary(),
+            bad_steps=state.bad_steps,
             wall_seconds=time.perf_counter() - start,
         )
         if result is not None:

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from kidwhisper.audio import CHUNK_SECONDS
 from kidwhisper.data import SpeechDataset, Utterance, WhisperCollator, clip_seconds
 from kidwhisper.decoding import DecodingOptions, greedy_decode
 
@@ -57,9 +58,22 @@ def transcribe(
         for uid, error in batch["errors"]:
             log.warning("cannot decode %s: %s", uid, error)
         if "input_features" in batch:
+            _warn_long(batch)
             texts.update(_decode_batch(wm, batch, options, errors))
     wm.model.train(was_training)
     return texts, errors
+
+
+def _warn_long(batch: dict) -> None:
+    for uid, seconds in zip(batch["utterance_ids"], batch["durations"], strict=True):
+        if seconds > CHUNK_SECONDS:
+            log.warning(
+                "%s is %.1f s: only its first %d s are decoded (`kidwhisper transcribe` "
+                "splits long audio)",
+                uid,
+                seconds,
+                CHUNK_SECONDS,
+            )
 
 
 def _decode_batch(

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
-from kidwhisper.config import TrainingConfig
+from kidwhisper.config import ConfigError, TrainingConfig
 from kidwhisper.data import Utterance, clip_seconds
 
 
@@ -28,9 +28,10 @@ class ResumableBatchSampler(Sampler[list[int]]):
         shuffle: bool = True,
     ) -> None:
         if num_items < batch_size * world_size:
-            raise ValueError(
-                f"{num_items} training clips cannot fill one global batch of "
-                f"{batch_size} x {world_size} processes: lower training.batch_size"
+            raise ConfigError(
+                f"training.batch_size: {num_items} usable training clips cannot fill one "
+                f"global batch of {batch_size} x {world_size} processes: lower "
+                "training.batch_size or use fewer processes"
             )
         self.num_items, self.batch_size = num_items, batch_size
         self.seed, self.rank, self.world_size, self.shuffle = seed, rank, world_size, shuffle

@@ -1,0 +1,347 @@
+"""One training run's machinery: model, data, optimiser, the optimisation step, checkpoints.
+
+The optimisation step reads top to bottom: take the window's micro-batches, count their
+target tokens over all processes, then for each micro-batch forward under autocast, divide
+the summed loss by that global count and backward (gradients sync only on the last one);
+then unscale, clip, step, schedule. Dividing by the global token count makes the update
+the same however the global batch is split into processes and micro-batches.
+Around the step sit small helpers for the device, schedule, data stream and checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+
+from kidwhisper import checkpoint as ckpt
+from kidwhisper import distributed, faults
+from kidwhisper.anchor import KLAnchor, summed_kl
+from kidwhisper.config import Config, dump_config, resolve_path
+from kidwhisper.data import (
+    IGNORE_INDEX,
+    SpeechDataset,
+    Utterance,
+    WhisperCollator,
+    read_manifest,
+    screen,
+)
+from kidwhisper.distributed import peak_memory_mb, pick_device, pick_dtype, seed_everything
+from kidwhisper.evaluation import EvalResult, decoding_options, score_predictions, transcribe
+from kidwhisper.models import ModelFactory
+from kidwhisper.problems import DataProblems
+from kidwhisper.sampling import ResumableBatchSampler, make_sampler
+from kidwhisper.schedule import build_optimizer, lr_lambda
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainState:
+    """What a run has done so far: saved in every checkpoint, becomes metrics.json."""
+
+    step: int = 0
+    samples: int = 0
+    loss_curve: list[dict] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # entry -> [reason, message]
+    bad_steps: int = 0  # skipped for a NaN/inf loss or gradient
+    sampler: list[list[int]] = field(default_factory=list)  # per rank: [epoch, batches used]
+    best_wer: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    train_utterances: int = 0
+    train_seconds: float = 0.0
+    audio_seconds: float = 0.0  # of training audio consumed (throughput = this / train time)
+    peak_memory_mb: float = 0.0
+    stopped_early: bool = False
+
+
+# --- setup helpers -------------------------------------------------------------------------
+
+
+def load_utterances(
+    paths: list[str], limit: int | None, problems: DataProblems | None = None
+) -> list[Utterance]:
+    utterances = [u for p in paths for u in read_manifest(resolve_path(p), problems=problems)]
+    return utterances[:limit] if limit else utterances
+
+
+def batch_stream(
+    loader: DataLoader, sampler: ResumableBatchSampler, position: list[int], problems: DataProblems
+) -> Iterator[dict]:
+    """Endless batches from `position` = [epoch, batches used], which it keeps current.
+    Clips that cannot be used go to `problems` (once each); a batch with none left is
+    skipped."""
+    while True:
+        sampler.set_position(*position)
+        for batch in loader:
+            position[1] += 1
+            for (uid, error), reason in zip(batch["errors"], batch["error_reasons"], strict=True):
+                problems.add(uid, reason, error)
+            if "input_features" in batch:
+                yield batch
+        position[0], position[1] = position[0] + 1, 0
+
+
+def summed_loss(
+    model: torch.nn.Module,
+    batch: dict,
+    device: torch.device,
+    anchor: KLAnchor | None = None,
+    step: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(objective, cross-entropy), each summed over the batch's target tokens (teacher
+    forcing); the objective adds the KL anchor's term when there is one."""
+    labels = batch["labels"].to(device)
+    logits = model(
+        input_features=batch["input_features"].to(device),
+        decoder_input_ids=batch["decoder_input_ids"].to(device),
+    ).logits
+    ce = F.cross_entropy(
+        logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    weight = anchor.weight_at(step) if anchor else 0.0
+    if weight == 0.0:
+        return ce, ce
+    return ce + weight * summed_kl(logits, anchor.base_logits(batch, device), labels), ce
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+class Run:
+    """Everything one training run holds: model, data, optimiser, state and its folders."""
+
+    def __init__(self, config: Config) -> None:
+        tc = config.training
+        self.config = config
+        self.dist = distributed.init("cuda" if pick_device(tc.device).type == "cuda" else "cpu")
+        self.device = pick_device(tc.device, self.dist.local_rank)
+        self.amp_dtype = pick_dtype(tc.precision, self.device)
+        seed_everything(tc.seed)
+        self.root = Path(config.output.checkpoints_dir) / config.output.name
+        # Everything that can fail on the config or the data fails here, before the model
+        # is loaded: the output folders, the manifests, one global batch's worth of clips.
+        if self.dist.is_main:
+            faults.check_writable(self.root, "output.checkpoints_dir")
+            faults.check_writable(Path(config.output.experiments_dir), "output.experiments_dir")
+        self.state = TrainState()
+        self.problems = DataProblems(config.data.bad_entries, self.state.skipped)
+        train_set = self._training_set()
+        self.eval_set = load_utterances([config.data.eval] if config.data.eval else [], None)
+        self.eval_set = self.eval_set[: config.data.max_eval_samples or None]
+        self.sampler = make_sampler(train_set, tc, self.dist.rank, self.dist.world_size)
+
+        self.wm = ModelFactory(config).create()
+        if self.dist.is_main:
+            faults.check_free_space(self.root, self.wm.params, "output.checkpoints_dir")
+        model = self.wm.model.to(self.device)
+        model.config.use_cache = False  # the KV cache only helps generation
+        if tc.gradient_checkpointing:
+            model.gradient_checkpointing_enable({"use_reentrant": False})
+        self.anchor = KLAnchor(model, tc.kl_weight, tc.kl_schedule) if tc.kl_weight else None
+        self.model = distributed.wrap(model, tc.strategy, self.dist)
+        dataset = SpeechDataset(
+            train_set,
+            self.wm.n_mels,
+            self.wm.tokenizer,
+            self.wm.special,
+            max_label_tokens=model.config.max_target_positions,
+            context=self.wm.audio_context,
+            seconds_range=self.seconds_range,
+        )
+        self.loader = DataLoader(
+            dataset,
+            batch_sampler=self.sampler,
+            num_workers=config.data.num_workers,
+            collate_fn=WhisperCollator(self.wm.special),
+            worker_init_fn=faults.ignore_interrupts,
+        )
+        steps_per_epoch = max(1, len(self.sampler) // tc.gradient_accumulation_steps)
+        self.total_steps = tc.max_steps or math.ceil(tc.epochs * steps_per_epoch)
+        if self.anchor:
+            self.anchor.total_steps = self.total_steps
+        self.optimizer = build_optimizer(model, tc.lr, tc.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(tc.lr_schedule, tc.warmup_steps, self.total_steps)
+        )
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype == torch.float16
+        )
+        self.state.train_utterances = len(dataset)
+        self.position = [0, 0]  # this rank's [epoch, batches used]
+        self.saved_step: int | None = None
+        self.splits = 1  # each micro-batch is cut into this many (raised by on_oom: halve)
+        self.bad_steps = faults.BadSteps(tc.max_bad_steps)
+        self.logged = (0, 0.0)  # samples and audio seconds at the last TensorBoard step
+
+    @property
+    def seconds_range(self) -> tuple[float, float]:
+        return self.config.data.min_seconds, self.config.data.max_seconds
+
+    def _training_set(self) -> list[Utterance]:
+        """The training manifests, with bad entries reported (or fatal, by policy)."""
+        data = self.config.data
+        utterances = load_utterances(data.train, data.max_train_samples, self.problems)
+        kept = screen(utterances, self.problems, self.seconds_range)
+        if not kept:
+            raise ValueError(f"data.train: no usable entries ({self.problems.summary()})")
+        return kept
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # --- one optimisation step ---------------------------------------------------------------
+
+    def train_step(self, batches: Iterator[dict]) -> tuple[float, float, bool]:
+        """One optimizer step over an accumulation window: (mean token loss, grad norm,
+        whether the step was taken). Out of memory retries it with halved micro-batches
+        when the config allows; a non-finite loss or gradient skips it."""
+        window = [next(batches) for _ in range(self.config.training.gradient_accumulation_steps)]
+        while True:
+            try:
+                return self._step(window)
+            except (torch.OutOfMemoryError, RuntimeError) as err:
+                if not faults.is_out_of_memory(err):
+                    raise
+                self.optimizer.zero_grad(set_to_none=True)
+                faults.release_memory()
+                micro = max(len(b["utterance_ids"]) for b in window) // self.splits
+                if self.config.training.on_oom != "halve" or micro <= 1:
+                    peak = peak_memory_mb(self.device)
+                    message = faults.oom_message(self.state.step + 1, micro, peak, self.device)
+                    raise faults.TrainingError(message) from err
+                self.splits *= 2
+                log.warning("out of memory: micro-batches now split in %d", self.splits)
+
+    def _step(self, window: list[dict]) -> tuple[float, float, bool]:
+        local_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in window)
+        global_tokens = distributed.all_reduce_sum(local_tokens, self.device)
+        # DDP averages gradients over processes; multiplying by the world size turns that
+        # average back into the sum, so each token weighs 1 / global_tokens.
+        scale = self.dist.world_size / global_tokens
+        micro_batches = [part for b in window for part in faults.split_batch(b, self.splits)]
+        window_loss = 0.0
+        for i, batch in enumerate(micro_batches):
+            last = i == len(micro_batches) - 1
+            with distributed.maybe_no_sync(self.model, sync=last):
+                with self.autocast():
+                    objective, loss = summed_loss(
+                        self.model, batch, self.device, self.anchor, self.state.step
+                    )
+                self.scaler.scale(objective * scale).backward()
+            window_loss += loss.item()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = float(
+            torch.nn.utils.clip_grad_norm_(
+                self.model.parameters(), self.config.training.max_grad_norm
+            )
+        )
+        mean_loss = distributed.all_reduce_sum(window_loss, self.device) / global_tokens
+        # fp16's scaler skips non-finite steps itself (and lowers its scale): that is normal.
+        taken = self.scaler.is_enabled() or math.isfinite(mean_loss + grad_norm)
+        if taken:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.state.step += 1
+            self.state.samples += sum(len(b["utterance_ids"]) for b in window)
+            self.state.audio_seconds += sum(sum(b["durations"]) for b in window)
+        self.optimizer.zero_grad(set_to_none=True)
+        return mean_loss, grad_norm, taken
+
+    # --- evaluation and checkpoints ----------------------------------------------------------
+
+    def evaluate(self) -> EvalResult | None:
+        """Each process decodes its share of the dev set; every process gets the scores."""
+        if not self.eval_set:
+            return None
+        ev, d = self.config.evaluation, self.dist
+        start = time.perf_counter()
+        shard = self.eval_set[d.rank :: d.world_size]
+        with distributed.gathered(self.model):
+            texts, errors = transcribe(
+                self.wm, shard, ev.batch_size, decoding_options(ev), progress=d.is_main
+            )
+        all_texts, all_errors = {}, []
+        for part_texts, part_errors in distributed.gather_objects((texts, errors)):
+            all_texts.update(part_texts)
+            all_errors += part_errors
+        result = score_predictions(self.eval_set, all_texts, all_errors)
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def gather_problems(self) -> None:
+        """Every process's bad entries into this one's (each process loads its own clips)."""
+        for entries in distributed.gather_objects(dict(self.state.skipped)):
+            self.problems.merge(entries)
+
+    def trainer_state(self) -> dict:
+        self.gather_problems()
+        self.state.sampler = [list(p) for p in distributed.gather_objects(list(self.position))]
+        return {
+            "optimizer": distributed.optimizer_state(self.model, self.optimizer),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": distributed.gather_objects(ckpt.rng_state()),
+            "state": asdict(self.state),
+        }
+
+    def save(self, wer: float | None) -> None:
+        # Collectives first: every rank takes part in gathering the whole state.
+        trainer_state = self.trainer_state()
+        weights = distributed.model_state(self.model)
+        if self.dist.is_main:
+            ckpt.save_checkpoint(
+                self.root,
+                self.state.step,
+                lambda folder: self.wm.save(folder, state_dict=weights),
+                trainer_state,
+                {"step": self.state.step, "wer": wer, "code_version": ckpt.code_version()},
+                dump_config(self.config),
+                self.config.training.keep_checkpoints,
+            )
+        self.saved_step = self.state.step
+        distributed.barrier()
+
+    def save_now(self) -> Path | None:
+        """A checkpoint of the current step (unless there is one); the latest checkpoint."""
+        if self.state.step > 0 and self.saved_step != self.state.step:
+            self.save(None)
+        return ckpt.latest_checkpoint(self.root)
+
+    def resume(self) -> bool:
+        """Continue from the latest checkpoint of this experiment, if there is one."""
+        latest = ckpt.latest_checkpoint(self.root)
+        if latest is None:
+            return False
+        distributed.load_model_state(self.model, load_file(latest / "model" / "model.safetensors"))
+        saved = ckpt.load_trainer_state(latest)
+        distributed.load_optimizer_state(self.model, self.optimizer, saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        self.state = TrainState(**saved["state"])
+        self.problems.merge(self.state.skipped)  # found again this time, or only then
+        self.state.skipped = self.problems.entries
+        self.saved_step = self.state.step
+        if len(self.state.sampler) != self.dist.world_size:
+            raise ValueError(
+                f"{latest} was written by {len(self.state.sampler)} process(es); resume it with "
+                f"the same number (now {self.dist.world_size})"
+            )
+        self.position = list(self.state.sampler[self.dist.rank])
+        ckpt.set_rng_state(saved["rng"][self.dist.rank])
+        log.info("resumed from %s (step %d)", latest, self.state.step)
+        return True
