@@ -112,7 +112,8 @@ def _parse_line(
     try:
         row = json.loads(line)
     except json.JSONDecodeError as err:
-        raise ManifestError(f"{where}: not valid JSON ({err.msg})", MALFORMED) from err
+        message = f"{where}: not valid JSON ({err.msg}, column {err.colno})"
+        raise ManifestError(message, MALFORMED) from err
     utterance = _utterance(row, root, where, require_text)
     if utterance.utterance_id in seen:
         raise ManifestError(
