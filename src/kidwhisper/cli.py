@@ -15,6 +15,7 @@ from pathlib import Path
 from kidwhisper.analysis import ScoreInputError
 from kidwhisper.audio import AudioError
 from kidwhisper.config import ConfigError, EvaluationConfig, load_config
+from kidwhisper.curation import CurationError
 from kidwhisper.data import ManifestError
 from kidwhisper.faults import Interrupted, TrainingError
 from kidwhisper.models.averaging import AveragingError
@@ -32,6 +33,7 @@ USER_ERRORS = (
     ScoreInputError,
     ExportError,
     SubmissionError,
+    CurationError,
     FileNotFoundError,
     FileExistsError,
 )
@@ -62,13 +64,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from kidwhisper.data import read_manifest
     from kidwhisper.distributed import pick_device
     from kidwhisper.evaluation import decoding_options, evaluate, save_predictions
     from kidwhisper.models import load_model
 
     wm = load_model(args.model, args.variant, args.audio_context)
     wm.model.to(pick_device(args.device))
-    utterances = _read(args.data, args.limit)
+    utterances = read_manifest(args.data)[: args.limit or None]
     guards = {} if args.guards else {"max_tokens_per_second": None, "repetition_limit": None}
     ev = EvaluationConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, **guards)
     result = evaluate(wm, utterances, ev.batch_size, decoding_options(ev))
@@ -112,13 +115,6 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read(path: str, limit: int | None):
-    from kidwhisper.data import read_manifest
-
-    utterances = read_manifest(path)
-    return utterances[:limit] if limit else utterances
-
-
 def cmd_score(args: argparse.Namespace) -> int:
     from kidwhisper.analysis import analyse_files, id_list, summary_lines, write_report
 
@@ -135,6 +131,14 @@ def cmd_score(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    return 0
+
+
+def cmd_curation(args: argparse.Namespace) -> int:
+    """`filter` and `split`: the work is curation.py's, the summary is printed here."""
+    from kidwhisper import curation
+
+    print("\n".join(curation.COMMANDS[args.command](args)))
     return 0
 
 
@@ -220,6 +224,18 @@ def cmd_run_submission(args: argparse.Namespace) -> int:
     return 0 if report.valid else 1
 
 
+def _audio_context_arg(p: argparse.ArgumentParser, guards: bool = False) -> None:
+    """--audio-context, and --no-guards (`guards`) for commands that decode."""
+    p.add_argument(
+        "--audio-context",
+        help="encoder input: batch, full or seconds (default: what the model was trained "
+        "with, else full)",
+    )
+    if guards:
+        no_guards = "no duration-based token limit and no repetition guard (plain greedy decoding)"
+        p.add_argument("--no-guards", dest="guards", action="store_false", help=no_guards)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kidwhisper", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -242,18 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", help="model variant (read from the weights when unset)")
     p.add_argument("--batch-size", type=int, default=EvaluationConfig.batch_size)
     p.add_argument("--max-new-tokens", type=int, default=EvaluationConfig.max_new_tokens)
-    p.add_argument(
-        "--no-guards",
-        dest="guards",
-        action="store_false",
-        help="no duration-based token limit and no repetition guard (plain greedy decoding)",
-    )
     p.add_argument("--limit", type=int, help="only the first N utterances")
-    p.add_argument(
-        "--audio-context",
-        help="encoder input: batch, full or seconds (default: what the model was trained "
-        "with, else full)",
-    )
+    _audio_context_arg(p, guards=True)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="predictions jsonl (default: <data>.predictions.jsonl here)")
     p.set_defaults(func=cmd_evaluate)
@@ -272,17 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=224,
         help="token limit per 30 s window (Whisper's own default is 224)",
     )
-    p.add_argument(
-        "--no-guards",
-        dest="guards",
-        action="store_false",
-        help="no duration-based token limit and no repetition guard (plain greedy decoding)",
-    )
-    p.add_argument(
-        "--audio-context",
-        help="encoder input: batch, full or seconds (default: what the model was trained "
-        "with, else full)",
-    )
+    _audio_context_arg(p, guards=True)
     p.add_argument("--device", default="auto")
     p.add_argument("--num-workers", type=int, default=0, help="audio loading processes")
     p.set_defaults(func=cmd_transcribe)
@@ -293,6 +289,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="write a Markdown report here, and a PNG chart beside it")
     p.add_argument("--top", type=int, default=10, help="how many top errors and worst utterances")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("filter", help="drop utterances a reference model transcribes badly")
+    p.add_argument("model", help="transformers folder, bundled:tiny.en, bundled:base or Hub id")
+    p.add_argument("manifest", help="competition-format jsonl with references")
+    p.add_argument("--max-wer", type=float, required=True, help="drop above this WER, e.g. 0.8")
+    p.add_argument("--out", required=True, help="the kept entries (jsonl)")
+    p.add_argument("--report", help="dropped entries and counts (default: <out>.report.json)")
+    p.add_argument("--batch-size", type=int, default=EvaluationConfig.batch_size)
+    _audio_context_arg(p)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--force", action="store_true", help="replace existing output files")
+    p.set_defaults(func=cmd_curation)
+
+    p = sub.add_parser("split", help="speaker-disjoint train/dev split, stratified by age bucket")
+    p.add_argument("manifest", help="competition-format jsonl (child_id, age_bucket)")
+    p.add_argument("--out-dir", required=True, help="writes train.jsonl and dev.jsonl here")
+    p.add_argument("--dev-fraction", type=float, default=0.1, help="of each bucket's speakers")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace existing output files")
+    p.set_defaults(func=cmd_curation)
 
     p = sub.add_parser("import-ct2", help="convert a CTranslate2 Whisper folder to transformers")
     p.add_argument("src", help="folder with model.bin, config.json, tokenizer.json")
@@ -349,11 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model", help="transformers folder, checkpoint, bundled:tiny.en or Hub id")
     p.add_argument("--out", required=True, help="the zip to write, e.g. submission.zip")
-    p.add_argument(
-        "--audio-context",
-        help="encoder input: batch, full or seconds (default: what the model was trained "
-        "with, else full)",
-    )
+    _audio_context_arg(p)
     p.add_argument(
         "--batch-size",
         type=int,

@@ -51,6 +51,11 @@ class ModelConfig:
 class DataConfig:
     # Competition-format jsonl manifests; audio paths inside are relative to each manifest.
     train: list[str] = field(default_factory=list)
+    # Mixing: one weight (> 0) per data.train manifest, the share of drawn clips that come
+    # from it (clips are drawn with replacement, uniformly within a manifest; sampling.py).
+    # An epoch is still as many clips as all manifests hold together. Unset: every clip
+    # once per epoch, whatever manifest it is in.
+    train_weights: list[float] | None = None
     eval: str | None = None
     max_train_samples: int | None = field(default=None, metadata=_min(1))
     max_eval_samples: int | None = field(default=None, metadata=_min(1))
@@ -61,6 +66,10 @@ class DataConfig:
     # Training clips outside this range (seconds) are bad entries: Whisper sees 30 s at most.
     min_seconds: float = field(default=0.1, metadata=_min(0))
     max_seconds: float = field(default=30.0, metadata={"gt": 0, "max": 30})
+    # Training labels as written (`none`: casing and punctuation kept) or as the metric
+    # sees them (`metric`: the competition normaliser of scoring.py, so "Mr. Smith's
+    # colour" trains as "mister smith's color"). Evaluation always scores normalised text.
+    label_normalization: Literal["none", "metric"] = "none"
 
 
 @dataclass
@@ -97,6 +106,12 @@ class TrainingConfig:
     on_oom: Literal["fail", "halve"] = "fail"
     device: str = "auto"
     seed: int = 0
+    # Balanced sampling by age bucket (weighting.py): `none`, `inverse` (every bucket
+    # equally often) or a mapping bucket -> weight (its share of drawn clips, e.g.
+    # {5-7: 2, 8-11: 1}; entries without a bucket are `unknown`). Clips are then drawn with
+    # replacement, an epoch as many as there are; with data.train_weights too, the weights
+    # choose the manifest and this the bucket within it.
+    balance: Literal["none", "inverse"] | dict[str, float] = "none"
 
 
 @dataclass
@@ -146,7 +161,20 @@ def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], source, key)
+        mapping = [a for a in inner if typing.get_origin(a) is dict]
+        if mapping and isinstance(value, dict):
+            return _coerce(value, mapping[0], source, key)
+        try:
+            return _coerce(value, inner[0], source, key)
+        except ConfigError as err:
+            raise ConfigError(f"{err}{'; or a mapping' if mapping else ''}") from None
+    if origin is dict:
+        if not isinstance(value, dict):
+            _fail(source, key, f"must be a mapping, got {value!r}")
+        return {
+            _coerce(k, args[0], source, key): _coerce(v, args[1], source, f"{key}.{k}")
+            for k, v in value.items()
+        }
     if origin is Literal:
         if value not in args:
             _fail(source, key, f"must be one of {list(args)}, got {value!r}{_hint(value, args)}")
@@ -272,12 +300,34 @@ def validate(config: Config, source: str, check_paths: bool = True) -> None:
     if config.data.min_seconds >= config.data.max_seconds:
         _fail(source, "data.min_seconds", f"must be below data.max_seconds, got "
               f"{config.data.min_seconds} >= {config.data.max_seconds}")  # fmt: skip
+    _validate_weights(config, source)
     if check_paths:
         _check_pretrained(m.pretrained, m.variant, source)
         for i, train in enumerate(config.data.train):
             _check_file(train, source, f"data.train[{i}]")
         if config.data.eval:
             _check_file(config.data.eval, source, "data.eval")
+
+
+def _validate_weights(config: Config, source: str) -> None:
+    """data.train_weights aligned with data.train; training.balance's weights usable."""
+    weights, train = config.data.train_weights, config.data.train
+    if weights is not None:
+        if len(weights) != len(train):
+            _fail(source, "data.train_weights", f"has {len(weights)} weight(s) but data.train "
+                  f"has {len(train)} manifest(s): give one weight per manifest")  # fmt: skip
+        for i, weight in enumerate(weights):
+            if not weight > 0 or weight == float("inf"):
+                _fail(source, f"data.train_weights[{i}]", f"must be > 0 and finite, got {weight}")
+    balance = config.training.balance
+    if isinstance(balance, dict):
+        if not balance:
+            _fail(source, "training.balance", "an empty mapping: name the age buckets' weights")
+        for bucket, weight in balance.items():
+            if not weight >= 0 or weight == float("inf"):
+                _fail(source, f"training.balance.{bucket}", f"must be >= 0, got {weight}")
+        if not any(balance.values()):
+            _fail(source, "training.balance", "every weight is 0: nothing could be drawn")
 
 
 def _check_pretrained(pretrained: str | None, variant: str, source: str) -> None:

@@ -65,6 +65,7 @@ class Utterance:
     speaker: str | None = None
     start: float = 0.0  # optional segment [start, end) of the file, in seconds
     end: float | None = None
+    source: int = 0  # which of data.train it came from (for data.train_weights)
 
 
 def read_manifest(

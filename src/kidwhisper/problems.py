@@ -7,10 +7,12 @@ entry out, logs it once and counts it under its reason; `fail` stops at the firs
 Either way the message names the file (and line) and says what to do. Evaluation never
 skips: a clip it cannot read is scored as an empty prediction (evaluation.py).
 
-Entries are found in three places, each reporting here: reading the manifest (bad lines,
-duplicate ids, empty text), the checks before training that need no audio (durations from
-the manifest, label lengths in tokens), and loading each clip (audio.py's reasons, silence,
-the real duration).
+Entries are found in four places, each reporting here: reading the manifest (bad lines,
+duplicate ids, empty text, labels empty once normalised), the checks before training that
+need no audio (durations from the manifest), the label checks once the tokenizer is loaded
+(labels.py: labels that do not survive encode/decode, label lengths in tokens), and loading
+each clip (audio.py's reasons, silence, the real duration). `kidwhisper filter`
+(curation.py) reports the utterances a reference model transcribes too badly the same way.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ Policy = Literal["skip", "fail"]
 MALFORMED, NOT_UTF8, DUPLICATE = "malformed line", "not UTF-8", "duplicate id"
 EMPTY_TEXT, LABEL_TOO_LONG = "empty text", "label too long"
 TOO_SHORT, TOO_LONG, SILENT = "too short", "too long", "silent"
+NOT_ROUND_TRIP, EMPTY_NORMALIZED = "label not round-trip", "empty after normalisation"
+HIGH_WER, UNDECODABLE = "WER above threshold", "not decodable"
 
 SILENCE_PEAK = 1e-4  # below -80 dBFS at its loudest sample: nothing to transcribe
 MAX_LOGGED = 20  # entries named in the log one by one; the rest only counted

@@ -4,6 +4,10 @@ Every epoch is one seeded permutation of the whole dataset, cut into global batc
 `batch_size x world_size`; process `rank` takes its slice of each. Since the order depends
 only on (seed, epoch), a restarted run that starts from `(epoch, batches consumed)` sees
 exactly the batches the interrupted run would have seen.
+
+With per-clip `weights` (weighting.py: mixed manifests, balanced age buckets) an epoch is
+instead as many seeded draws with replacement as there are clips: still a function of
+(seed, epoch) alone, cut into batches, sharded and resumed the same way.
 """
 
 from __future__ import annotations
@@ -26,7 +30,10 @@ class ResumableBatchSampler(Sampler[list[int]]):
         rank: int = 0,
         world_size: int = 1,
         shuffle: bool = True,
+        weights: list[float] | None = None,
     ) -> None:
+        if weights is not None and len(weights) != num_items:
+            raise ValueError(f"{len(weights)} sampling weights for {num_items} clips")
         if num_items < batch_size * world_size:
             raise ConfigError(
                 f"training.batch_size: {num_items} usable training clips cannot fill one "
@@ -36,6 +43,7 @@ class ResumableBatchSampler(Sampler[list[int]]):
         self.num_items, self.batch_size = num_items, batch_size
         self.seed, self.rank, self.world_size, self.shuffle = seed, rank, world_size, shuffle
         self.epoch, self.start = 0, 0
+        self.weights = None if weights is None else torch.tensor(weights, dtype=torch.float64)
 
     def __len__(self) -> int:
         """Batches per epoch for one process (an incomplete last global batch is dropped)."""
@@ -45,11 +53,19 @@ class ResumableBatchSampler(Sampler[list[int]]):
         """The next iteration yields epoch `epoch` from its batch number `start` on."""
         self.epoch, self.start = epoch, start
 
-    def order(self, epoch: int) -> list[int]:
-        if not self.shuffle:
-            return list(range(self.num_items))
+    def draw(self, epoch: int) -> tuple[list[int], torch.Generator]:
+        """The clips of `epoch` in order, and the generator that drew them (seeded by seed
+        and epoch alone, for anything else the epoch needs at random)."""
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return torch.randperm(self.num_items, generator=generator).tolist()
+        if self.weights is not None:
+            drawn = torch.multinomial(self.weights, self.num_items, True, generator=generator)
+            return drawn.tolist(), generator
+        if not self.shuffle:
+            return list(range(self.num_items)), generator
+        return torch.randperm(self.num_items, generator=generator).tolist(), generator
+
+    def order(self, epoch: int) -> list[int]:
+        return self.draw(epoch)[0]
 
     def __iter__(self) -> Iterator[list[int]]:
         order = self.order(self.epoch)
@@ -62,9 +78,9 @@ class ResumableBatchSampler(Sampler[list[int]]):
 class DurationBatchSampler(ResumableBatchSampler):
     """Batches of clips of similar length, filled up to `batch_seconds` of padded audio.
 
-    Each epoch: a seeded permutation is cut into pools of `POOL_BATCHES` x `batch_size`
-    clips; each pool is sorted by duration and cut greedily into batches whose clip count
-    times longest clip stays within `batch_seconds` (and at most `batch_size` clips); then
+    Each epoch: a seeded permutation (or weighted draw) is cut into pools of `POOL_BATCHES`
+    x `batch_size` clips; each pool is sorted by duration and cut greedily into batches whose
+    clip count times longest clip stays within `batch_seconds` (at most `batch_size`); then
     all batches are shuffled. So batches of short clips hold many clips, batches differ in
     length from step to step, and the order is still a function of (seed, epoch) alone:
     resume and DDP work as for the fixed-size sampler. With several processes, the batch
@@ -82,16 +98,16 @@ class DurationBatchSampler(ResumableBatchSampler):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        weights: list[float] | None = None,
     ) -> None:
-        super().__init__(len(durations), batch_size, seed, rank, world_size)
+        super().__init__(len(durations), batch_size, seed, rank, world_size, weights=weights)
         self.durations, self.batch_seconds = durations, batch_seconds
         self._batches: tuple[int, list[list[int]]] | None = None  # (epoch, all batches)
 
     def batches(self, epoch: int) -> list[list[int]]:
         """Every batch of `epoch`, for all processes, in training order."""
         if self._batches is None or self._batches[0] != epoch:
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            order = torch.randperm(self.num_items, generator=generator).tolist()
+            order, generator = self.draw(epoch)
             pool = self.POOL_BATCHES * self.batch_size
             batches = []
             for start in range(0, len(order), pool):
@@ -125,12 +141,19 @@ class DurationBatchSampler(ResumableBatchSampler):
 
 
 def make_sampler(
-    utterances: list[Utterance], tc: TrainingConfig, rank: int, world_size: int
+    utterances: list[Utterance],
+    tc: TrainingConfig,
+    rank: int,
+    world_size: int,
+    weights: list[float] | None = None,
 ) -> ResumableBatchSampler:
-    """Length-grouped batches when `training.batch_seconds` is set, else fixed-size ones."""
+    """Length-grouped batches when `training.batch_seconds` is set, else fixed-size ones;
+    with `weights`, of clips drawn by those weights."""
     if tc.batch_seconds is None:
-        return ResumableBatchSampler(len(utterances), tc.batch_size, tc.seed, rank, world_size)
+        return ResumableBatchSampler(
+            len(utterances), tc.batch_size, tc.seed, rank, world_size, weights=weights
+        )
     durations = [clip_seconds(u) for u in utterances]
     return DurationBatchSampler(
-        durations, tc.batch_size, tc.batch_seconds, tc.seed, rank, world_size
+        durations, tc.batch_size, tc.batch_seconds, tc.seed, rank, world_size, weights
     )

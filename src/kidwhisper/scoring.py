@@ -47,6 +47,7 @@ __all__ = [
     "normalize",
     "normalizer",
     "score",
+    "utterance_wer",
 ]
 
 _SPELLING_ASSET = "english_spelling.json"
@@ -181,3 +182,9 @@ def corpus_wer(references: Sequence[str], hypotheses: Sequence[str]) -> float:
     """
     overall, _ = score(references, hypotheses)
     return overall.wer
+
+
+def utterance_wer(reference: str, hypothesis: str) -> float:
+    """One utterance's WER under the competition's normaliser; NaN when the reference has
+    no words once normalised (a clip transcribed only as "um": there is no rate)."""
+    return _report([normalize(reference)], [normalize(hypothesis)]).wer

@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -37,10 +37,12 @@ from kidwhisper.data import (
 )
 from kidwhisper.distributed import peak_memory_mb, pick_device, pick_dtype, seed_everything
 from kidwhisper.evaluation import EvalResult, decoding_options, score_predictions, transcribe
+from kidwhisper.labels import normalize_labels, screen_labels
 from kidwhisper.models import ModelFactory
 from kidwhisper.problems import DataProblems
 from kidwhisper.sampling import ResumableBatchSampler, make_sampler
 from kidwhisper.schedule import build_optimizer, lr_lambda
+from kidwhisper.weighting import item_weights
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,12 @@ class TrainState:
 def load_utterances(
     paths: list[str], limit: int | None, problems: DataProblems | None = None
 ) -> list[Utterance]:
-    utterances = [u for p in paths for u in read_manifest(resolve_path(p), problems=problems)]
+    """The manifests' entries in order, each marked with the index of its manifest."""
+    utterances = [
+        replace(u, source=i) if i else u
+        for i, p in enumerate(paths)
+        for u in read_manifest(resolve_path(p), problems=problems)
+    ]
     return utterances[:limit] if limit else utterances
 
 
@@ -140,9 +147,17 @@ class Run:
         train_set = self._training_set()
         self.eval_set = load_utterances([config.data.eval] if config.data.eval else [], None)
         self.eval_set = self.eval_set[: config.data.max_eval_samples or None]
-        self.sampler = make_sampler(train_set, tc, self.dist.rank, self.dist.world_size)
+        self.sampler = self._sampler(train_set)
 
         self.wm = ModelFactory(config).create()
+        # The labels' checks need the tokenizer: a second pass, now that it is loaded.
+        max_label_tokens = self.wm.model.config.max_target_positions
+        checked = screen_labels(
+            train_set, self.wm.tokenizer, self.wm.special, max_label_tokens, self.problems
+        )
+        if len(checked) < len(train_set):
+            train_set = self._usable(checked)
+            self.sampler = self._sampler(train_set)
         if self.dist.is_main:
             faults.check_free_space(self.root, self.wm.params, "output.checkpoints_dir")
         model = self.wm.model.to(self.device)
@@ -156,7 +171,7 @@ class Run:
             self.wm.n_mels,
             self.wm.tokenizer,
             self.wm.special,
-            max_label_tokens=model.config.max_target_positions,
+            max_label_tokens=max_label_tokens,
             context=self.wm.audio_context,
             seconds_range=self.seconds_range,
         )
@@ -193,10 +208,19 @@ class Run:
         """The training manifests, with bad entries reported (or fatal, by policy)."""
         data = self.config.data
         utterances = load_utterances(data.train, data.max_train_samples, self.problems)
-        kept = screen(utterances, self.problems, self.seconds_range)
+        utterances = normalize_labels(utterances, data.label_normalization, self.problems)
+        return self._usable(screen(utterances, self.problems, self.seconds_range))
+
+    def _usable(self, kept: list[Utterance]) -> list[Utterance]:
         if not kept:
             raise ValueError(f"data.train: no usable entries ({self.problems.summary()})")
         return kept
+
+    def _sampler(self, train_set: list[Utterance]) -> ResumableBatchSampler:
+        """Batches of the training set; drawn by weight with mixing or balance (weighting.py)."""
+        data, tc = self.config.data, self.config.training
+        weights = item_weights(train_set, data.train_weights, tc.balance, data.train)
+        return make_sampler(train_set, tc, self.dist.rank, self.dist.world_size, weights)
 
     def autocast(self):
         if self.amp_dtype is None:
