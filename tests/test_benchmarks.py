@@ -72,3 +72,20 @@ def test_decode_throughput_prints_every_system(tmp_path: Path, capsys):
     wer = {r["system"]: r["wer"] for r in rows}
     assert wer["faster-whisper-float32-pad30"] == wer["transformers"]
     assert json.loads((tmp_path / "figures.json").read_text()) == rows
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_augment_cost_prints_every_augmentation(tmp_path: Path, capsys):
+    bench = _load("augment_cost")
+    rows = bench.main(["--batch", "2", "--repeats", "1", "--json", str(tmp_path / "rows.json")])
+    table = capsys.readouterr().out
+    names = ["load + log-mel (no augmentation)", *bench.STREAMS, "all together"]
+    assert [r["row"] for r in rows] == names
+    assert all(r["cpu_ms"] > 0 and r["wall_ms"] > 0 for r in rows)
+    assert rows[0]["extra_cpu_ms"] == 0
+    for name in names:
+        assert re.search(rf"\| {re.escape(name)} \| \d+\.\d \| [+-]\d+\.\d \| \d+\.\d \|", table), (
+            table
+        )
+    assert json.loads((tmp_path / "rows.json").read_text()) == rows

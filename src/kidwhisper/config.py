@@ -57,6 +57,8 @@ class DataConfig:
     # once per epoch, whatever manifest it is in.
     train_weights: list[float] | None = None
     eval: str | None = None
+    # Scored beside `eval` (e.g. adult speech): what training costs elsewhere. Not for stopping.
+    guard_eval: str | None = None
     max_train_samples: int | None = field(default=None, metadata=_min(1))
     max_eval_samples: int | None = field(default=None, metadata=_min(1))
     num_workers: int = field(default=2, metadata=_min(0))
@@ -124,6 +126,64 @@ class EvaluationConfig:
     before_training: bool = True  # also score the starting model (zero-shot WER)
 
 
+# --- augmentation (augment.py) ------------------------------------------------------------
+def _values(*default: float, **limits: Any) -> Any:
+    """A list field; `pair=True`: a [low, high] range drawn from; min/max/gt bound items."""
+    return field(default_factory=lambda: list(default), metadata=limits)
+
+
+@dataclass
+class _Augmentation:
+    p: float = field(default=0.0, metadata={"min": 0, "max": 1})  # per clip; 0 turns it off
+
+
+@dataclass
+class SpeedConfig(_Augmentation):  # tempo and pitch together (Kaldi's speed perturbation)
+    factors: list[float] = _values(0.9, 1.0, 1.1, min=0.5, max=2)  # one drawn per clip
+
+
+@dataclass
+class PitchConfig(_Augmentation):  # pitch only, the duration kept
+    semitones: list[float] = _values(-2.0, 2.0, pair=True, min=-12, max=12)
+
+
+@dataclass
+class VtlpConfig(_Augmentation):  # vocal-tract-length perturbation: a frequency warp
+    alpha: list[float] = _values(0.9, 1.1, pair=True, min=0.7, max=1.3)
+    boundary_hz: float = field(default=4800.0, metadata={"gt": 0, "max": 7000})
+
+
+@dataclass
+class GainConfig(_Augmentation):
+    db: list[float] = _values(-6.0, 6.0, pair=True, min=-40, max=40)
+
+
+@dataclass
+class NoiseConfig(_Augmentation):  # a stretch of a clip from `folder` at a random SNR
+    folder: str | None = None  # searched recursively for .wav/.flac/.ogg/.mp3
+    snr_db: list[float] = _values(5.0, 20.0, pair=True, min=-20, max=60)
+
+
+@dataclass
+class SpecAugmentConfig(_Augmentation):  # log-mel masks: widths in mel bins, 10 ms frames
+    freq_masks: int = field(default=2, metadata=_min(0))
+    freq_width: list[int] = _values(0, 27, pair=True, min=0)
+    time_masks: int = field(default=2, metadata=_min(0))
+    time_width: list[int] = _values(0, 40, pair=True, min=0)
+
+
+@dataclass
+class AugmentConfig:
+    """On-the-fly training augmentation, seeded by (training.seed, epoch, clip index)."""
+
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+    pitch: PitchConfig = field(default_factory=PitchConfig)
+    vtlp: VtlpConfig = field(default_factory=VtlpConfig)
+    gain: GainConfig = field(default_factory=GainConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+
+
 @dataclass
 class OutputConfig:
     name: str | None = None  # experiment name; unset means the config file's stem
@@ -137,6 +197,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -204,6 +265,12 @@ def _hint(word: Any, choices: typing.Iterable[Any]) -> str:
 
 
 def _check_range(value: Any, meta: typing.Mapping, source: str, key: str) -> None:
+    if isinstance(value, list):
+        if meta.get("pair") and (len(value) != 2 or value[0] > value[1]):
+            _fail(source, key, f"must be [low, high] with low <= high, got {value}")
+        for i, item in enumerate(value):
+            _check_range(item, meta, source, f"{key}[{i}]")
+        return
     if value is None:
         return
     if "min" in meta and value < meta["min"]:
@@ -301,12 +368,20 @@ def validate(config: Config, source: str, check_paths: bool = True) -> None:
         _fail(source, "data.min_seconds", f"must be below data.max_seconds, got "
               f"{config.data.min_seconds} >= {config.data.max_seconds}")  # fmt: skip
     _validate_weights(config, source)
+    if config.data.guard_eval and not config.data.eval:
+        _fail(source, "data.guard_eval", "needs data.eval: the guard is reported beside it")
+    noise = config.augment.noise
+    if noise.p > 0 and not noise.folder:
+        _fail(source, "augment.noise.folder", "must be set when augment.noise.p > 0")
     if check_paths:
         _check_pretrained(m.pretrained, m.variant, source)
         for i, train in enumerate(config.data.train):
             _check_file(train, source, f"data.train[{i}]")
-        if config.data.eval:
-            _check_file(config.data.eval, source, "data.eval")
+        for key in ("eval", "guard_eval"):
+            if getattr(config.data, key):
+                _check_file(getattr(config.data, key), source, f"data.{key}")
+        if noise.folder and not resolve_path(noise.folder).is_dir():
+            _fail(source, "augment.noise.folder", f"folder not found: {noise.folder}")
 
 
 def _validate_weights(config: Config, source: str) -> None:

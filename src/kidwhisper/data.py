@@ -12,6 +12,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
@@ -41,6 +42,9 @@ from kidwhisper.problems import (
     duration_problem,
 )
 from kidwhisper.text import SpecialTokens, encode_labels
+
+if TYPE_CHECKING:
+    from kidwhisper.augment import Augmenter
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +186,8 @@ class SpeechDataset(Dataset):
     A clip that cannot be used comes back as an item with `error` (the message, naming
     the file) and `reason` instead of features. With labels (training), so do clips outside
     [min_seconds, max_seconds], silent clips and labels longer than the decoder allows;
-    without them (decoding), only unreadable clips do.
+    without them (decoding), only unreadable clips do. An `augmenter` changes training
+    items only, drawing for (epoch, index): set the epoch with `set_epoch`.
     """
 
     def __init__(
@@ -194,8 +199,10 @@ class SpeechDataset(Dataset):
         max_label_tokens: int = 448,
         context: str | float = FULL,
         seconds_range: tuple[float, float] = (0.0, float("inf")),
+        augmenter: Augmenter | None = None,
     ) -> None:
         self.utterances, self.n_mels = utterances, n_mels
+        self.augmenter, self.epoch = augmenter, 0
         self.context = context  # the encoder's input length, see audio_context.py
         self.tokenizer, self.special = tokenizer, special
         self.max_label_tokens = max_label_tokens  # the decoder's position table
@@ -203,6 +210,11 @@ class SpeechDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.utterances)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch augmentation draws for. DataLoader workers get a copy of the dataset
+        when iteration starts (they are not persistent), so set it before each epoch."""
+        self.epoch = epoch
 
     def __getitem__(self, index: int) -> dict:
         utt = self.utterances[index]
@@ -224,8 +236,18 @@ class SpeechDataset(Dataset):
                 )
                 return {**item, "reason": LABEL_TOO_LONG, "error": message}
             item["labels"] = labels
+        augment = self.augmenter is not None and "labels" in item
+        if augment:
+            audio, _ = self.augmenter.waveform(audio, self.epoch, index)
+            # Speed changes the length: throughput counts and the encoder's frames follow.
+            item["duration"] = len(audio) / SAMPLE_RATE
         frames = clip_frames(self.context, len(audio))
-        item["input_features"] = log_mel(audio, self.n_mels, frames)
+        if augment:
+            item["input_features"], _ = self.augmenter.features(
+                audio, self.n_mels, frames, self.epoch, index
+            )
+        else:
+            item["input_features"] = log_mel(audio, self.n_mels, frames)
         return item
 
     def _training_problem(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from kidwhisper.augment import describe
 from kidwhisper.checkpoint import code_version
 from kidwhisper.config import Config, dump_config, load_config
 from kidwhisper.problems import DataProblems
@@ -48,7 +49,7 @@ class Experiment:
             )
         if overwrite:
             shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
-            for old in self.dir.glob("predictions_step*.jsonl"):
+            for old in [*self.dir.glob("predictions_step*.jsonl"), *self.dir.glob("guard_*.jsonl")]:
                 old.unlink()
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "config.yaml").write_text(dump_config(self.config), encoding="utf-8")
@@ -110,6 +111,13 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
+def _guard_line(config: Config, after: dict) -> list[str]:
+    if not config.data.guard_eval:
+        return []
+    count = after.get("guard_utterances", 0)
+    return [f"- Guard set (reported only): `{config.data.guard_eval}` ({count} utterances)"]
+
+
 def results_markdown(name: str, config: Config, metrics: dict) -> str:
     """A human summary of a run: setup, WER before/after (overall and per age bucket)."""
     before, after = metrics.get("eval_before") or {}, metrics.get("eval_after") or {}
@@ -121,6 +129,8 @@ def results_markdown(name: str, config: Config, metrics: dict) -> str:
         f"- Training data: {', '.join(f'`{p}`' for p in config.data.train)} "
         f"({metrics.get('train_utterances', 0)} utterances)",
         f"- Evaluation data: `{config.data.eval}` ({after.get('utterances', 0)} utterances)",
+        *_guard_line(config, after),
+        f"- Augmentation: {describe(config.augment)}",
         f"- Steps: {metrics.get('steps')} x batch {t.batch_size} x accumulation "
         f"{t.gradient_accumulation_steps}, lr {t.lr:g} ({t.lr_schedule}), "
         f"precision {metrics.get('precision')}",
@@ -135,6 +145,10 @@ def results_markdown(name: str, config: Config, metrics: dict) -> str:
         "|---|---|---|",
         f"| overall | {_pct(before.get('wer'))} | {_pct(after.get('wer'))} |",
     ]
+    if "guard_wer" in before or "guard_wer" in after:  # what training cost elsewhere
+        lines.append(
+            f"| guard set | {_pct(before.get('guard_wer'))} | {_pct(after.get('guard_wer'))} |"
+        )
     buckets = sorted(set(before.get("wer_by_age", {})) | set(after.get("wer_by_age", {})))
     for bucket in buckets:
         b = before.get("wer_by_age", {}).get(bucket)
@@ -185,7 +199,7 @@ def run_experiment(config: Config, overwrite: bool = False, resume: bool = False
         "finished": False,
     }
 
-    def record(state, result=None) -> None:
+    def record(state, result=None, guard=None) -> None:
         evals = state.evals
         metrics.update(
             eval_before=evals[0] if evals and evals[0]["step"] == 0 else None,
@@ -207,6 +221,8 @@ def run_experiment(config: Config, overwrite: bool = False, resume: bool = False
         )
         if result is not None:
             save_predictions(result, experiment.dir / f"predictions_step{state.step}.jsonl")
+        if guard is not None:
+            save_predictions(guard, experiment.dir / f"guard_predictions_step{state.step}.jsonl")
         experiment.write_metrics(metrics)
         experiment.write_results(metrics)
 

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from kidwhisper import checkpoint as ckpt
 from kidwhisper import distributed, faults
 from kidwhisper.anchor import KLAnchor, summed_kl
+from kidwhisper.augment import build_augmenter
 from kidwhisper.config import Config, dump_config, resolve_path
 from kidwhisper.data import (
     IGNORE_INDEX,
@@ -88,9 +89,11 @@ def batch_stream(
 ) -> Iterator[dict]:
     """Endless batches from `position` = [epoch, batches used], which it keeps current.
     Clips that cannot be used go to `problems` (once each); a batch with none left is
-    skipped."""
+    skipped. The dataset learns the epoch too (its augmentation draws for it)."""
     while True:
         sampler.set_position(*position)
+        if hasattr(loader.dataset, "set_epoch"):
+            loader.dataset.set_epoch(position[0])
         for batch in loader:
             position[1] += 1
             for (uid, error), reason in zip(batch["errors"], batch["error_reasons"], strict=True):
@@ -145,8 +148,11 @@ class Run:
         self.state = TrainState()
         self.problems = DataProblems(config.data.bad_entries, self.state.skipped)
         train_set = self._training_set()
+        augmenter = build_augmenter(config.augment, tc.seed)  # reads the noise folder
         self.eval_set = load_utterances([config.data.eval] if config.data.eval else [], None)
         self.eval_set = self.eval_set[: config.data.max_eval_samples or None]
+        guard = [config.data.guard_eval] if config.data.guard_eval else []
+        self.guard_set = load_utterances(guard, config.data.max_eval_samples)
         self.sampler = self._sampler(train_set)
 
         self.wm = ModelFactory(config).create()
@@ -174,6 +180,7 @@ class Run:
             max_label_tokens=max_label_tokens,
             context=self.wm.audio_context,
             seconds_range=self.seconds_range,
+            augmenter=augmenter,
         )
         self.loader = DataLoader(
             dataset,
@@ -288,13 +295,15 @@ class Run:
 
     # --- evaluation and checkpoints ----------------------------------------------------------
 
-    def evaluate(self) -> EvalResult | None:
-        """Each process decodes its share of the dev set; every process gets the scores."""
-        if not self.eval_set:
+    def evaluate(self, utterances: list[Utterance] | None = None) -> EvalResult | None:
+        """Each process decodes its share of the dev set (or of `utterances`, e.g. the guard
+        set); every process gets the scores."""
+        utterances = self.eval_set if utterances is None else utterances
+        if not utterances:
             return None
         ev, d = self.config.evaluation, self.dist
         start = time.perf_counter()
-        shard = self.eval_set[d.rank :: d.world_size]
+        shard = utterances[d.rank :: d.world_size]
         with distributed.gathered(self.model):
             texts, errors = transcribe(
                 self.wm, shard, ev.batch_size, decoding_options(ev), progress=d.is_main
@@ -303,7 +312,7 @@ class Run:
         for part_texts, part_errors in distributed.gather_objects((texts, errors)):
             all_texts.update(part_texts)
             all_errors += part_errors
-        result = score_predictions(self.eval_set, all_texts, all_errors)
+        result = score_predictions(utterances, all_texts, all_errors)
         result.seconds = time.perf_counter() - start
         return result
 

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 def train(config: Config, on_eval=None, resume: bool = True) -> tuple[WhisperModel, TrainState]:
     """Fine-tune as `config` says; `on_eval(state, result)` runs on rank 0 after each
-    evaluation. With `resume`, a run with checkpoints continues from the latest."""
+    evaluation (with `guard=` the guard set's result when data.guard_eval is set). With
+    `resume`, a run with checkpoints continues from the latest."""
     run = Run(config)
     tc, state = config.training, run.state
     resumed = resume and run.resume()
@@ -47,10 +48,17 @@ def train(config: Config, on_eval=None, resume: bool = True) -> tuple[WhisperMod
         """Evaluate, checkpoint, and say whether early stopping has run out of patience."""
         state.peak_memory_mb = max(state.peak_memory_mb, peak_memory_mb(run.device))
         result = run.evaluate()
+        # The guard set is only reported: stopping and the best checkpoint follow data.eval.
+        guard = run.evaluate(run.guard_set) if result is not None else None
         wer = result.wer if result else None
         if result is not None:
-            state.evals.append({"step": state.step, **result.summary()})
+            guard_figures = (
+                {f"guard_{k}": v for k, v in guard.summary().items()} if guard is not None else {}
+            )
+            state.evals.append({"step": state.step, **result.summary(), **guard_figures})
             log.info("step %d: dev WER %.4f", state.step, result.wer)
+            if guard is not None:
+                log.info("step %d: guard WER %.4f", state.step, guard.wer)
             if state.best_wer is None or result.wer < state.best_wer:
                 state.best_wer, state.best_step = result.wer, state.step
                 state.evals_without_improvement = 0
@@ -58,8 +66,10 @@ def train(config: Config, on_eval=None, resume: bool = True) -> tuple[WhisperMod
                 state.evals_without_improvement += 1
             if writer:
                 writer.add_scalar("eval/wer", result.wer, state.step)
+                if guard is not None:
+                    writer.add_scalar("eval/guard_wer", guard.wer, state.step)
             if on_eval and run.dist.is_main:
-                on_eval(state, result)
+                on_eval(state, result, **({"guard": guard} if guard is not None else {}))
         if state.step > 0:
             run.save(wer)
         patience = tc.early_stopping_patience
