@@ -19,6 +19,7 @@ from kidwhisper.data import ManifestError
 from kidwhisper.faults import Interrupted, TrainingError
 from kidwhisper.models.averaging import AveragingError
 from kidwhisper.models.export import ExportError
+from kidwhisper.models.lora import LoraError
 from kidwhisper.problems import BadDataError
 from kidwhisper.submission.package import SubmissionError
 
@@ -29,6 +30,7 @@ USER_ERRORS = (
     BadDataError,
     TrainingError,
     AveragingError,
+    LoraError,
     ScoreInputError,
     ExportError,
     SubmissionError,
@@ -62,13 +64,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from kidwhisper.data import read_manifest
     from kidwhisper.distributed import pick_device
     from kidwhisper.evaluation import decoding_options, evaluate, save_predictions
     from kidwhisper.models import load_model
 
     wm = load_model(args.model, args.variant, args.audio_context)
     wm.model.to(pick_device(args.device))
-    utterances = _read(args.data, args.limit)
+    utterances = read_manifest(args.data)[: args.limit or None]
     guards = {} if args.guards else {"max_tokens_per_second": None, "repetition_limit": None}
     ev = EvaluationConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, **guards)
     result = evaluate(wm, utterances, ev.batch_size, decoding_options(ev))
@@ -112,13 +115,6 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read(path: str, limit: int | None):
-    from kidwhisper.data import read_manifest
-
-    utterances = read_manifest(path)
-    return utterances[:limit] if limit else utterances
-
-
 def cmd_score(args: argparse.Namespace) -> int:
     from kidwhisper.analysis import analyse_files, id_list, summary_lines, write_report
 
@@ -160,6 +156,13 @@ def cmd_average(args: argparse.Namespace) -> int:
 
     out = average_checkpoints(args.checkpoints, Path(args.out), args.weights)
     print(f"averaged {len(args.checkpoints)} checkpoints into {out}")
+    return 0
+
+
+def cmd_merge_lora(args: argparse.Namespace) -> int:
+    from kidwhisper.models.lora import merge_lora
+
+    print(f"merged into {merge_lora(args.checkpoint, Path(args.out), args.base)}")
     return 0
 
 
@@ -320,6 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output model folder (transformers layout)")
     p.add_argument("--weights", type=float, nargs="+", help="one per checkpoint (default equal)")
     p.set_defaults(func=cmd_average)
+
+    p = sub.add_parser("merge-lora", help="merge LoRA adapters into a plain transformers model")
+    p.add_argument("checkpoint", help="a LoRA run's checkpoint (step_N) or a PEFT adapter folder")
+    p.add_argument("--out", required=True, help="output model folder (transformers layout)")
+    p.add_argument("--base", help="base of a PEFT adapter (default: its adapter_config.json's)")
+    p.set_defaults(func=cmd_merge_lora)
 
     p = sub.add_parser("estimate", help="training memory per part, from the config's variant")
     p.add_argument("config")

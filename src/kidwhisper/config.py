@@ -21,6 +21,7 @@ from transformers import WhisperConfig
 
 from kidwhisper.audio_context import BATCH, FULL, parse_context
 from kidwhisper.models.bundled import BUNDLED, BUNDLED_PREFIX
+from kidwhisper.models.lora import LINEAR_MODULES
 from kidwhisper.models.variants import VARIANTS, variant_of
 
 
@@ -30,6 +31,19 @@ class ConfigError(ValueError):
 
 def _min(value: float) -> dict:
     return {"min": value}
+
+
+@dataclass
+class LoraConfig:
+    # Low-rank adapters through PEFT (models/lora.py); rank 0 turns LoRA off. With LoRA on, only
+    # the adapters train (in the parts training.freeze leaves free); checkpoints hold the
+    # merged model, plus the adapter to resume from.
+    rank: int = field(default=0, metadata=_min(0))
+    alpha: float = field(default=32.0, metadata={"gt": 0})  # the update is scaled by alpha/rank
+    dropout: float = field(default=0.05, metadata={"min": 0, "max": 0.9})
+    # Short names of Whisper's linear layers, adapted in every layer of the encoder and the
+    # decoder (self- and cross-attention): q_proj, k_proj, v_proj, out_proj, fc1, fc2.
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
 
 
 @dataclass
@@ -45,6 +59,7 @@ class ModelConfig:
     # Encoder input length (audio_context.py): `batch` (the batch's longest clip, in 2 s
     # steps), `full` (Whisper's 30 s window) or a number of seconds. Saved with the model.
     audio_context: str = "batch"
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -71,6 +86,14 @@ class TrainingConfig:
     batch_seconds: float | None = field(default=None, metadata={"gt": 0})
     gradient_accumulation_steps: int = field(default=3, metadata=_min(1))
     lr: float = field(default=1e-5, metadata={"gt": 0})
+    # Peak learning rates of the encoder's and the decoder's parameters (the output layer is
+    # the decoder's): separate AdamW parameter groups on one schedule; unset means lr.
+    encoder_lr: float | None = field(default=None, metadata={"gt": 0})
+    decoder_lr: float | None = field(default=None, metadata={"gt": 0})
+    # `encoder` or `decoder`: every weight of that part stays as it was, with LoRA it gets no
+    # adapters either. The decoder's token embedding is also the output layer: they freeze
+    # together (models/lora.py's freeze_part says why).
+    freeze: Literal["none", "encoder", "decoder"] = "none"
     weight_decay: float = field(default=0.0, metadata=_min(0))
     epochs: float = field(default=3.0, metadata={"gt": 0})
     max_steps: int | None = field(default=None, metadata=_min(1))  # overrides epochs
@@ -269,6 +292,10 @@ def validate(config: Config, source: str, check_paths: bool = True) -> None:
                 "model.variant",
                 f"{m.variant!r} but {m.pretrained} is {BUNDLED[name].variant!r}: set them alike",
             )
+    _check_lora(m.lora, source)
+    for part in ("encoder", "decoder"):
+        if config.training.freeze == part and getattr(config.training, f"{part}_lr"):
+            _fail(source, f"training.{part}_lr", f"set, but training.freeze is {part!r}")
     if config.data.min_seconds >= config.data.max_seconds:
         _fail(source, "data.min_seconds", f"must be below data.max_seconds, got "
               f"{config.data.min_seconds} >= {config.data.max_seconds}")  # fmt: skip
@@ -278,6 +305,16 @@ def validate(config: Config, source: str, check_paths: bool = True) -> None:
             _check_file(train, source, f"data.train[{i}]")
         if config.data.eval:
             _check_file(config.data.eval, source, "data.eval")
+
+
+def _check_lora(lora: LoraConfig, source: str) -> None:
+    for i, name in enumerate(lora.target_modules):
+        if name not in LINEAR_MODULES:
+            _fail(source, f"model.lora.target_modules[{i}]",
+                  f"{name!r} is not one of Whisper's linear layers {list(LINEAR_MODULES)}"
+                  f"{_hint(name, LINEAR_MODULES)}")  # fmt: skip
+    if lora.rank and not lora.target_modules:
+        _fail(source, "model.lora.target_modules", "empty, but model.lora.rank is set")
 
 
 def _check_pretrained(pretrained: str | None, variant: str, source: str) -> None:
