@@ -2,6 +2,7 @@
 
 A checkpoint is a folder `checkpoints/<name>/step_0000120/` holding
 - `model/`: the weights in plain transformers layout (safetensors), loadable on its own;
+  a LoRA run's are merged, with the adapter itself in `adapter/` (models/lora.py);
 - `trainer_state.pt`: optimizer, scheduler, grad scaler, sampler positions, RNG states,
   the step and the run's history (only tensors and plain values: loaded with
   `weights_only=True`);

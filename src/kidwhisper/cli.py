@@ -1,25 +1,42 @@
 """The `kidwhisper` command: train, evaluate, transcribe, score, ship, and experiments.
 
-Every subcommand is a thin shell over a recipe; errors a user can fix (a bad config, a
-missing file) are printed as one line naming the file and key, without a traceback.
+This module parses the command line and routes to commands.py; errors a user can fix (a bad
+config, a missing file, bad data under the fail policy) are printed as one line naming the
+file and key, without a traceback; a run stopped by a signal says how to resume.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-from pathlib import Path
 
 from kidwhisper.analysis import ScoreInputError
 from kidwhisper.audio import AudioError
-from kidwhisper.config import ConfigError, EvaluationConfig, load_config
+from kidwhisper.commands import (
+    cmd_archive,
+    cmd_average,
+    cmd_curation,
+    cmd_estimate,
+    cmd_evaluate,
+    cmd_export_ct2,
+    cmd_import_ct2,
+    cmd_merge_lora,
+    cmd_new_experiment,
+    cmd_package_submission,
+    cmd_report,
+    cmd_run_submission,
+    cmd_score,
+    cmd_train,
+    cmd_transcribe,
+)
+from kidwhisper.config import ConfigError, EvaluationConfig
 from kidwhisper.curation import CurationError
 from kidwhisper.data import ManifestError
 from kidwhisper.faults import Interrupted, TrainingError
 from kidwhisper.models.averaging import AveragingError
 from kidwhisper.models.export import ExportError
+from kidwhisper.models.lora import LoraError
 from kidwhisper.problems import BadDataError
 from kidwhisper.submission.package import SubmissionError
 
@@ -30,6 +47,7 @@ USER_ERRORS = (
     BadDataError,
     TrainingError,
     AveragingError,
+    LoraError,
     ScoreInputError,
     ExportError,
     SubmissionError,
@@ -37,191 +55,6 @@ USER_ERRORS = (
     FileNotFoundError,
     FileExistsError,
 )
-
-
-def _pct(value: float) -> str:
-    return f"{100 * value:.2f}%"
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from kidwhisper.experiments import run_experiment
-
-    config = load_config(args.config, args.overrides)
-    metrics = run_experiment(config, overwrite=args.overwrite, resume=args.resume)
-    if int(os.environ.get("RANK", "0")) != 0:
-        return 0
-    before, after = metrics.get("eval_before"), metrics.get("eval_after")
-    print(f"experiment: {config.output.experiments_dir}/{metrics['name']}")
-    if before:
-        print(f"zero-shot WER:  {_pct(before['wer'])}")
-    if after:
-        print(f"fine-tuned WER: {_pct(after['wer'])}  ({after['utterances']} utterances)")
-        for bucket, wer in after["wer_by_age"].items():
-            print(f"  age {bucket}: {_pct(wer)}")
-    print(f"training data: {metrics['bad_data_summary']}")
-    print(f"wall time: {metrics['wall_seconds']:.0f} s; model: {metrics['model_dir']}")
-    return 0
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from kidwhisper.data import read_manifest
-    from kidwhisper.distributed import pick_device
-    from kidwhisper.evaluation import decoding_options, evaluate, save_predictions
-    from kidwhisper.models import load_model
-
-    wm = load_model(args.model, args.variant, args.audio_context)
-    wm.model.to(pick_device(args.device))
-    utterances = read_manifest(args.data)[: args.limit or None]
-    guards = {} if args.guards else {"max_tokens_per_second": None, "repetition_limit": None}
-    ev = EvaluationConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, **guards)
-    result = evaluate(wm, utterances, ev.batch_size, decoding_options(ev))
-    out = args.out or Path(args.data).with_suffix(".predictions.jsonl").name
-    save_predictions(result, out)
-    print(f"WER {_pct(result.wer)} on {len(utterances)} utterances ({result.seconds:.1f} s)")
-    for bucket, report in result.by_age.items():
-        print(f"  age {bucket}: {_pct(report.wer)} ({report.utterances} utterances)")
-    if result.errors:
-        print(f"{len(result.errors)} unreadable clip(s) scored as empty predictions")
-    print(f"predictions: {out}")
-    return 0
-
-
-def cmd_transcribe(args: argparse.Namespace) -> int:
-    from kidwhisper.distributed import pick_device
-    from kidwhisper.evaluation import decoding_options
-    from kidwhisper.models import load_model
-    from kidwhisper.transcription import InputError, output_format, transcribe_to_file
-
-    try:
-        fmt = output_format(args.out, args.format)  # before minutes of loading and decoding
-        wm = load_model(args.model, audio_context=args.audio_context)
-        wm.model.to(pick_device(args.device))
-        guards = {} if args.guards else {"max_tokens_per_second": None, "repetition_limit": None}
-        ev = EvaluationConfig(max_new_tokens=args.max_new_tokens, **guards)
-        result = transcribe_to_file(
-            wm,
-            args.paths,
-            args.out,
-            fmt,
-            batch_size=args.batch_size,
-            options=decoding_options(ev),
-            num_workers=args.num_workers,
-        )
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print("\n".join(result.summary_lines()))
-    print(f"transcripts: {args.out} ({fmt})")
-    return 0
-
-
-def cmd_score(args: argparse.Namespace) -> int:
-    from kidwhisper.analysis import analyse_files, id_list, summary_lines, write_report
-
-    result = analyse_files(args.predictions, args.reference)
-    print("\n".join(summary_lines(result, args.top)))
-    if args.report:
-        sources = (args.predictions, args.reference)
-        report, chart = write_report(result, args.report, args.top, sources)
-        print(f"report: {report}" + (f" (chart: {chart})" if chart else ""))
-    if result.unknown_ids:
-        print(
-            f"error: {len(result.unknown_ids)} prediction id(s) not in {args.reference} were "
-            f"not scored: {id_list(result.unknown_ids, args.top)}",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
-
-
-def cmd_curation(args: argparse.Namespace) -> int:
-    """`filter` and `split`: the work is curation.py's, the summary is printed here."""
-    from kidwhisper import curation
-
-    print("\n".join(curation.COMMANDS[args.command](args)))
-    return 0
-
-
-def cmd_import_ct2(args: argparse.Namespace) -> int:
-    from kidwhisper.models.ct2 import import_ct2
-
-    model = import_ct2(Path(args.src), Path(args.out))
-    print(f"wrote {args.out} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params)")
-    return 0
-
-
-def cmd_export_ct2(args: argparse.Namespace) -> int:
-    from kidwhisper.models.export import export_ct2
-
-    out = export_ct2(args.model, Path(args.out), args.quantization, args.force)
-    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
-    print(f"wrote {out} (CTranslate2, {args.quantization}, {size / 2**20:.1f} MiB)")
-    return 0
-
-
-def cmd_average(args: argparse.Namespace) -> int:
-    from kidwhisper.models.averaging import average_checkpoints
-
-    out = average_checkpoints(args.checkpoints, Path(args.out), args.weights)
-    print(f"averaged {len(args.checkpoints)} checkpoints into {out}")
-    return 0
-
-
-def cmd_new_experiment(args: argparse.Namespace) -> int:
-    from kidwhisper.experiments import new_experiment
-
-    folder = new_experiment(args.name, Path(args.root), args.source)
-    module = None if folder.is_absolute() else ".".join(folder.parts)
-    print(f"created {folder}/ (config.yaml, main.py)")
-    if module:
-        print(
-            f"run it: python -m {module}.main   or   torchrun --nproc_per_node=2 -m {module}.main"
-        )
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from kidwhisper.experiments import collect_results, results_table, update_readme
-
-    table = results_table(collect_results(Path(args.root)))
-    update_readme(Path(args.readme), table)
-    print(table)
-    print(f"updated {args.readme}")
-    return 0
-
-
-def cmd_archive(args: argparse.Namespace) -> int:
-    from kidwhisper.experiments import archive
-
-    print(f"archived to {archive(args.run, Path(args.checkpoints))}")
-    return 0
-
-
-def cmd_estimate(args: argparse.Namespace) -> int:
-    from kidwhisper.models.memory import report_lines
-
-    config = load_config(args.config, args.overrides, check_paths=False)
-    print("\n".join(report_lines(config, args.tokens, args.device)))
-    return 0
-
-
-def cmd_package_submission(args: argparse.Namespace) -> int:
-    from kidwhisper.submission.package import package_submission
-
-    report = package_submission(
-        args.model, args.out, args.audio_context, args.batch_size, variant=args.variant
-    )
-    print("\n".join(report.summary_lines()))
-    return 0
-
-
-def cmd_run_submission(args: argparse.Namespace) -> int:
-    from kidwhisper.submission.runner import run_submission
-
-    report = run_submission(args.zip, args.data, args.workdir, timeout=args.timeout)
-    print("\n".join(report.summary_lines()))
-    print(f"work folder: {report.workdir}")
-    return 0 if report.valid else 1
 
 
 def _audio_context_arg(p: argparse.ArgumentParser, guards: bool = False) -> None:
@@ -336,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output model folder (transformers layout)")
     p.add_argument("--weights", type=float, nargs="+", help="one per checkpoint (default equal)")
     p.set_defaults(func=cmd_average)
+
+    p = sub.add_parser("merge-lora", help="merge LoRA adapters into a plain transformers model")
+    p.add_argument("checkpoint", help="a LoRA run's checkpoint (step_N) or a PEFT adapter folder")
+    p.add_argument("--out", required=True, help="output model folder (transformers layout)")
+    p.add_argument("--base", help="base of a PEFT adapter (default: its adapter_config.json's)")
+    p.set_defaults(func=cmd_merge_lora)
 
     p = sub.add_parser("estimate", help="training memory per part, from the config's variant")
     p.add_argument("config")

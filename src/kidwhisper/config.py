@@ -8,8 +8,6 @@ always naming the file and the dotted key, before any heavy work starts.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -21,15 +19,26 @@ from transformers import WhisperConfig
 
 from kidwhisper.audio_context import BATCH, FULL, parse_context
 from kidwhisper.models.bundled import BUNDLED, BUNDLED_PREFIX
+from kidwhisper.models.lora import LINEAR_MODULES
 from kidwhisper.models.variants import VARIANTS, variant_of
-
-
-class ConfigError(ValueError):
-    """An invalid config: the message names the file and the key."""
+from kidwhisper.schema import ConfigError, apply_override, build, fail, hint
 
 
 def _min(value: float) -> dict:
     return {"min": value}
+
+
+@dataclass
+class LoraConfig:
+    # Low-rank adapters through PEFT (models/lora.py); rank 0 turns LoRA off. With LoRA on, only
+    # the adapters train (in the parts training.freeze leaves free); checkpoints hold the
+    # merged model, plus the adapter to resume from.
+    rank: int = field(default=0, metadata=_min(0))
+    alpha: float = field(default=32.0, metadata={"gt": 0})  # the update is scaled by alpha/rank
+    dropout: float = field(default=0.05, metadata={"min": 0, "max": 0.9})
+    # Short names of Whisper's linear layers, adapted in every layer of the encoder and the
+    # decoder (self- and cross-attention): q_proj, k_proj, v_proj, out_proj, fc1, fc2.
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
 
 
 @dataclass
@@ -45,6 +54,7 @@ class ModelConfig:
     # Encoder input length (audio_context.py): `batch` (the batch's longest clip, in 2 s
     # steps), `full` (Whisper's 30 s window) or a number of seconds. Saved with the model.
     audio_context: str = "batch"
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -82,6 +92,14 @@ class TrainingConfig:
     batch_seconds: float | None = field(default=None, metadata={"gt": 0})
     gradient_accumulation_steps: int = field(default=3, metadata=_min(1))
     lr: float = field(default=1e-5, metadata={"gt": 0})
+    # Peak learning rates of the encoder's and the decoder's parameters (the output layer is
+    # the decoder's): separate AdamW parameter groups on one schedule; unset means lr.
+    encoder_lr: float | None = field(default=None, metadata={"gt": 0})
+    decoder_lr: float | None = field(default=None, metadata={"gt": 0})
+    # `encoder` or `decoder`: every weight of that part stays as it was, with LoRA it gets no
+    # adapters either. The decoder's token embedding is also the output layer: they freeze
+    # together (models/lora.py's freeze_part says why).
+    freeze: Literal["none", "encoder", "decoder"] = "none"
     weight_decay: float = field(default=0.0, metadata=_min(0))
     epochs: float = field(default=3.0, metadata={"gt": 0})
     max_steps: int | None = field(default=None, metadata=_min(1))  # overrides epochs
@@ -208,112 +226,6 @@ class Config:
         return self.model.pretrained or f"openai/whisper-{self.model.variant}"
 
 
-# --- parsing -------------------------------------------------------------------------------
-
-
-def _fail(source: str, key: str, message: str) -> typing.NoReturn:
-    raise ConfigError(f"{source}: {key}: {message}")
-
-
-def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
-    """Check `value` against the annotation `tp`, converting where YAML is ambiguous."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        mapping = [a for a in inner if typing.get_origin(a) is dict]
-        if mapping and isinstance(value, dict):
-            return _coerce(value, mapping[0], source, key)
-        try:
-            return _coerce(value, inner[0], source, key)
-        except ConfigError as err:
-            raise ConfigError(f"{err}{'; or a mapping' if mapping else ''}") from None
-    if origin is dict:
-        if not isinstance(value, dict):
-            _fail(source, key, f"must be a mapping, got {value!r}")
-        return {
-            _coerce(k, args[0], source, key): _coerce(v, args[1], source, f"{key}.{k}")
-            for k, v in value.items()
-        }
-    if origin is Literal:
-        if value not in args:
-            _fail(source, key, f"must be one of {list(args)}, got {value!r}{_hint(value, args)}")
-        return value
-    if origin is list:
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list):
-            _fail(source, key, f"must be a list, got {value!r}")
-        return [_coerce(v, args[0], source, f"{key}[{i}]") for i, v in enumerate(items)]
-    if tp is float and isinstance(value, str):
-        try:  # PyYAML reads `1e-5` (no dot) as a string
-            return float(value)
-        except ValueError:
-            pass
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is str and isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)  # e.g. `audio_context: 10`
-    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        _fail(source, key, f"must be {tp.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _hint(word: Any, choices: typing.Iterable[Any]) -> str:
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _check_range(value: Any, meta: typing.Mapping, source: str, key: str) -> None:
-    if isinstance(value, list):
-        if meta.get("pair") and (len(value) != 2 or value[0] > value[1]):
-            _fail(source, key, f"must be [low, high] with low <= high, got {value}")
-        for i, item in enumerate(value):
-            _check_range(item, meta, source, f"{key}[{i}]")
-        return
-    if value is None:
-        return
-    if "min" in meta and value < meta["min"]:
-        _fail(source, key, f"must be >= {meta['min']}, got {value}")
-    if "max" in meta and value > meta["max"]:
-        _fail(source, key, f"must be <= {meta['max']}, got {value}")
-    if "gt" in meta and value <= meta["gt"]:
-        _fail(source, key, f"must be > {meta['gt']}, got {value}")
-
-
-def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
-    if not isinstance(data, dict):
-        _fail(source, prefix.rstrip(".") or "<top level>", f"must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            _fail(source, f"{prefix}{key}", f"unknown key{_hint(key, fields)}")
-    kwargs = {}
-    for name, value in data.items():
-        key, tp = f"{prefix}{name}", hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value or {}, source, f"{key}.")
-        else:
-            kwargs[name] = _coerce(value, tp, source, key)
-            _check_range(kwargs[name], fields[name].metadata, source, key)
-    return cls(**kwargs)
-
-
-def _apply_override(data: dict, override: str) -> None:
-    """Apply one `section.key=value` override (value parsed as YAML) to raw config data."""
-    if "=" not in override:
-        raise ConfigError(f"override {override!r}: expected section.key=value")
-    dotted, raw = override.split("=", 1)
-    *parents, leaf = dotted.strip().split(".")
-    node = data
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {override!r}: {part} is not a section")
-    node[leaf] = yaml.safe_load(raw)
-
-
 def load_config(
     path: str | Path | None = None,
     overrides: typing.Sequence[str] = (),
@@ -335,10 +247,10 @@ def load_config(
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from err
     for override in overrides:
-        _apply_override(data, override)
+        apply_override(data, override)
     if overrides:
         source += f" (with overrides {' '.join(overrides)})"
-    config = _build(Config, data, source, "")
+    config = build(Config, data, source, "")
     if config.output.name is None:
         config.output.name = Path(path).stem if path else "default"
     validate(config, source, check_paths)
@@ -349,30 +261,34 @@ def validate(config: Config, source: str, check_paths: bool = True) -> None:
     """Checks that involve more than one key, or the file system."""
     m = config.model
     if m.variant not in VARIANTS:
-        _fail(source, "model.variant", f"unknown variant {m.variant!r}{_hint(m.variant, VARIANTS)}")
+        fail(source, "model.variant", f"unknown variant {m.variant!r}{hint(m.variant, VARIANTS)}")
     try:
         parse_context(m.audio_context)
     except ValueError as err:
-        _fail(source, "model.audio_context", f"{err}{_hint(m.audio_context, (FULL, BATCH))}")
+        fail(source, "model.audio_context", f"{err}{hint(m.audio_context, (FULL, BATCH))}")
     if m.pretrained and m.pretrained.startswith(BUNDLED_PREFIX):
         name = m.pretrained.removeprefix(BUNDLED_PREFIX)
         if name not in BUNDLED:
-            _fail(source, "model.pretrained", f"no bundled model {name!r}; have {sorted(BUNDLED)}")
+            fail(source, "model.pretrained", f"no bundled model {name!r}; have {sorted(BUNDLED)}")
         if BUNDLED[name].variant != m.variant:
-            _fail(
+            fail(
                 source,
                 "model.variant",
                 f"{m.variant!r} but {m.pretrained} is {BUNDLED[name].variant!r}: set them alike",
             )
+    _check_lora(m.lora, source)
+    for part in ("encoder", "decoder"):
+        if config.training.freeze == part and getattr(config.training, f"{part}_lr"):
+            fail(source, f"training.{part}_lr", f"set, but training.freeze is {part!r}")
     if config.data.min_seconds >= config.data.max_seconds:
-        _fail(source, "data.min_seconds", f"must be below data.max_seconds, got "
+        fail(source, "data.min_seconds", f"must be below data.max_seconds, got "
               f"{config.data.min_seconds} >= {config.data.max_seconds}")  # fmt: skip
     _validate_weights(config, source)
     if config.data.guard_eval and not config.data.eval:
-        _fail(source, "data.guard_eval", "needs data.eval: the guard is reported beside it")
+        fail(source, "data.guard_eval", "needs data.eval: the guard is reported beside it")
     noise = config.augment.noise
     if noise.p > 0 and not noise.folder:
-        _fail(source, "augment.noise.folder", "must be set when augment.noise.p > 0")
+        fail(source, "augment.noise.folder", "must be set when augment.noise.p > 0")
     if check_paths:
         _check_pretrained(m.pretrained, m.variant, source)
         for i, train in enumerate(config.data.train):
@@ -381,7 +297,7 @@ def validate(config: Config, source: str, check_paths: bool = True) -> None:
             if getattr(config.data, key):
                 _check_file(getattr(config.data, key), source, f"data.{key}")
         if noise.folder and not resolve_path(noise.folder).is_dir():
-            _fail(source, "augment.noise.folder", f"folder not found: {noise.folder}")
+            fail(source, "augment.noise.folder", f"folder not found: {noise.folder}")
 
 
 def _validate_weights(config: Config, source: str) -> None:
@@ -389,20 +305,30 @@ def _validate_weights(config: Config, source: str) -> None:
     weights, train = config.data.train_weights, config.data.train
     if weights is not None:
         if len(weights) != len(train):
-            _fail(source, "data.train_weights", f"has {len(weights)} weight(s) but data.train "
+            fail(source, "data.train_weights", f"has {len(weights)} weight(s) but data.train "
                   f"has {len(train)} manifest(s): give one weight per manifest")  # fmt: skip
         for i, weight in enumerate(weights):
             if not weight > 0 or weight == float("inf"):
-                _fail(source, f"data.train_weights[{i}]", f"must be > 0 and finite, got {weight}")
+                fail(source, f"data.train_weights[{i}]", f"must be > 0 and finite, got {weight}")
     balance = config.training.balance
     if isinstance(balance, dict):
         if not balance:
-            _fail(source, "training.balance", "an empty mapping: name the age buckets' weights")
+            fail(source, "training.balance", "an empty mapping: name the age buckets' weights")
         for bucket, weight in balance.items():
             if not weight >= 0 or weight == float("inf"):
-                _fail(source, f"training.balance.{bucket}", f"must be >= 0, got {weight}")
+                fail(source, f"training.balance.{bucket}", f"must be >= 0, got {weight}")
         if not any(balance.values()):
-            _fail(source, "training.balance", "every weight is 0: nothing could be drawn")
+            fail(source, "training.balance", "every weight is 0: nothing could be drawn")
+
+
+def _check_lora(lora: LoraConfig, source: str) -> None:
+    for i, name in enumerate(lora.target_modules):
+        if name not in LINEAR_MODULES:
+            fail(source, f"model.lora.target_modules[{i}]",
+                  f"{name!r} is not one of Whisper's linear layers {list(LINEAR_MODULES)}"
+                  f"{hint(name, LINEAR_MODULES)}")  # fmt: skip
+    if lora.rank and not lora.target_modules:
+        fail(source, "model.lora.target_modules", "empty, but model.lora.rank is set")
 
 
 def _check_pretrained(pretrained: str | None, variant: str, source: str) -> None:
@@ -413,18 +339,18 @@ def _check_pretrained(pretrained: str | None, variant: str, source: str) -> None
     local = Path(pretrained).expanduser()
     if not local.exists():
         if pretrained.startswith((".", "/", "~")) or local.suffix:
-            _fail(source, "model.pretrained", f"{pretrained}: no such model folder")
+            fail(source, "model.pretrained", f"{pretrained}: no such model folder")
         return  # a Hub id
     config_file = local / "config.json"
     if not config_file.is_file():
-        _fail(source, "model.pretrained", f"{pretrained}: not a model folder (no config.json)")
+        fail(source, "model.pretrained", f"{pretrained}: not a model folder (no config.json)")
     try:
         found = variant_of(WhisperConfig.from_json_file(config_file))
     except (ValueError, OSError) as err:
-        _fail(source, "model.pretrained", f"{config_file}: not a readable model config ({err})")
+        fail(source, "model.pretrained", f"{config_file}: not a readable model config ({err})")
     if found is None or found.name != variant:
         what = found.name if found else "no known variant"
-        _fail(
+        fail(
             source,
             "model.variant",
             f"{variant!r} but {pretrained} is {what!r} (its config.json): set model.variant "
@@ -434,7 +360,7 @@ def _check_pretrained(pretrained: str | None, variant: str, source: str) -> None
 
 def _check_file(value: str, source: str, key: str) -> None:
     if not resolve_path(value).is_file():
-        _fail(source, key, f"file not found: {value} (relative paths start at the current folder)")
+        fail(source, key, f"file not found: {value} (relative paths start at the current folder)")
 
 
 def resolve_path(value: str) -> Path:

@@ -118,6 +118,20 @@ def _guard_line(config: Config, after: dict) -> list[str]:
     return [f"- Guard set (reported only): `{config.data.guard_eval}` ({count} utterances)"]
 
 
+def _trainable(trainable: int | None, total: int | None) -> str:
+    """`0.15M of 37.9M (0.39%)`; n/a for runs from before the figures were recorded."""
+    if not total:
+        return "n/a"
+    return f"{trainable / 1e6:.2f}M of {total / 1e6:.1f}M ({100 * trainable / total:.2f}%)"
+
+
+def _adaptation(config: Config) -> str:
+    lora, freeze = config.model.lora, config.training.freeze
+    parts = [f"LoRA rank {lora.rank}, alpha {lora.alpha:g} on {', '.join(lora.target_modules)}"]
+    parts = (parts if lora.rank else []) + ([f"{freeze} frozen"] if freeze != "none" else [])
+    return f"; {'; '.join(parts)}" if parts else ""
+
+
 def results_markdown(name: str, config: Config, metrics: dict) -> str:
     """A human summary of a run: setup, WER before/after (overall and per age bucket)."""
     before, after = metrics.get("eval_before") or {}, metrics.get("eval_after") or {}
@@ -137,6 +151,9 @@ def results_markdown(name: str, config: Config, metrics: dict) -> str:
         f"- Wall time: {metrics.get('wall_seconds', 0):.0f} s "
         f"(training {metrics.get('train_seconds', 0):.0f} s), "
         f"peak memory {metrics.get('peak_memory_mb', 0):.0f} MB",
+        f"- Trainable parameters: "
+        f"{_trainable(metrics.get('trainable_params'), metrics.get('total_params'))}"
+        f"{_adaptation(config)}",
         f"- Bad training entries: {metrics.get('bad_data_summary', 'n/a')}",
         "",
         "## WER (competition normaliser, corpus WER)",
@@ -211,6 +228,8 @@ def run_experiment(config: Config, overwrite: bool = False, resume: bool = False
             train_utterances=state.train_utterances,
             train_seconds=state.train_seconds,
             peak_memory_mb=state.peak_memory_mb,
+            trainable_params=state.trainable_params,
+            total_params=state.total_params,
             stopped_early=state.stopped_early,
             loss_curve=state.loss_curve,
             evals=evals,
@@ -311,6 +330,8 @@ def collect_results(root: Path) -> list[dict]:
                 "best": m.get("best_wer"),
                 "by_age": after.get("wer_by_age", {}),
                 "minutes": (m.get("wall_seconds") or 0) / 60,
+                "trainable": m.get("trainable_params"),
+                "total": m.get("total_params"),
                 "finished": m.get("finished", False),
             }
         )
@@ -320,15 +341,16 @@ def collect_results(root: Path) -> list[dict]:
 def results_table(rows: list[dict]) -> str:
     lines = [
         "| experiment | variant | steps | WER before | WER after | best | WER by age (after) | "
-        "minutes |",
-        "|---|---|---|---|---|---|---|---|",
+        "minutes | trainable params |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ages = ", ".join(f"{k}: {_pct(v)}" for k, v in sorted(r["by_age"].items()))
         status = "" if r["finished"] else " (unfinished)"
         lines.append(
             f"| {r['name']}{status} | {r['variant']} | {r['steps']} | {_pct(r['before'])} | "
-            f"{_pct(r['after'])} | {_pct(r['best'])} | {ages} | {r['minutes']:.1f} |"
+            f"{_pct(r['after'])} | {_pct(r['best'])} | {ages} | {r['minutes']:.1f} | "
+            f"{_trainable(r['trainable'], r['total'])} |"
         )
     return "\n".join(lines)
 

@@ -23,11 +23,30 @@ def lr_lambda(schedule: str, warmup: int, total: int):
     return factor
 
 
-def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float):
-    """AdamW; no weight decay on biases and layer norms (the usual transformer practice)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
+def build_optimizer(
+    model: torch.nn.Module,
+    lr: float,
+    weight_decay: float,
+    encoder_lr: float | None = None,
+    decoder_lr: float | None = None,
+):
+    """AdamW over the trainable parameters; no weight decay on biases and layer norms (the
+    usual transformer practice). With `encoder_lr` or `decoder_lr` set, the encoder's
+    parameters and the decoder's (the tied output layer with them) get groups of their own
+    with those peak learning rates (unset: `lr`); the schedule scales every group alike.
+    Without them the groups are as they always were, so older checkpoints still resume."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if encoder_lr is None and decoder_lr is None:
+        parts = [(None, lr, [p for _, p in named])]
+    else:
+        encoder = [p for n, p in named if n.startswith("model.encoder.")]
+        decoder = [p for n, p in named if not n.startswith("model.encoder.")]
+        parts = [("encoder", encoder_lr or lr, encoder), ("decoder", decoder_lr or lr, decoder)]
+    groups = []
+    for name, part_lr, params in parts:
+        for decay, wd in ((True, weight_decay), (False, 0.0)):
+            chosen = [p for p in params if (p.ndim >= 2) == decay]
+            if chosen:
+                group = {"params": chosen, "weight_decay": wd, "lr": part_lr}
+                groups.append(group if name is None else {**group, "name": name})
     return torch.optim.AdamW(groups, lr=lr, fused=torch.cuda.is_available())

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from kidwhisper import checkpoint as ckpt
@@ -39,7 +38,7 @@ from kidwhisper.data import (
 from kidwhisper.distributed import peak_memory_mb, pick_device, pick_dtype, seed_everything
 from kidwhisper.evaluation import EvalResult, decoding_options, score_predictions, transcribe
 from kidwhisper.labels import normalize_labels, screen_labels
-from kidwhisper.models import ModelFactory
+from kidwhisper.models import ModelFactory, lora
 from kidwhisper.problems import DataProblems
 from kidwhisper.sampling import ResumableBatchSampler, make_sampler
 from kidwhisper.schedule import build_optimizer, lr_lambda
@@ -67,6 +66,8 @@ class TrainState:
     audio_seconds: float = 0.0  # of training audio consumed (throughput = this / train time)
     peak_memory_mb: float = 0.0
     stopped_early: bool = False
+    trainable_params: int = 0  # adapters only with LoRA; a frozen part's weights not at all
+    total_params: int = 0
 
 
 # --- setup helpers -------------------------------------------------------------------------
@@ -171,6 +172,8 @@ class Run:
         if tc.gradient_checkpointing:
             model.gradient_checkpointing_enable({"use_reentrant": False})
         self.anchor = KLAnchor(model, tc.kl_weight, tc.kl_schedule) if tc.kl_weight else None
+        self.param_counts = lora.prepare(model, config)  # frozen parts, LoRA adapters
+        self.state.trainable_params, self.state.total_params = self.param_counts
         self.model = distributed.wrap(model, tc.strategy, self.dist)
         dataset = SpeechDataset(
             train_set,
@@ -188,12 +191,17 @@ class Run:
             num_workers=config.data.num_workers,
             collate_fn=WhisperCollator(self.wm.special),
             worker_init_fn=faults.ignore_interrupts,
+            # Its own generator: starting an epoch (or the first after a resume) then leaves the
+            # global RNG, which dropout (LoRA's) draws from, as the checkpoint restored it.
+            generator=torch.Generator().manual_seed(tc.seed),
         )
         steps_per_epoch = max(1, len(self.sampler) // tc.gradient_accumulation_steps)
         self.total_steps = tc.max_steps or math.ceil(tc.epochs * steps_per_epoch)
         if self.anchor:
             self.anchor.total_steps = self.total_steps
-        self.optimizer = build_optimizer(model, tc.lr, tc.weight_decay)
+        self.optimizer = build_optimizer(
+            model, tc.lr, tc.weight_decay, tc.encoder_lr, tc.decoder_lr
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(tc.lr_schedule, tc.warmup_steps, self.total_steps)
         )
@@ -340,7 +348,7 @@ class Run:
             ckpt.save_checkpoint(
                 self.root,
                 self.state.step,
-                lambda folder: self.wm.save(folder, state_dict=weights),
+                lambda folder: lora.save_model(self.wm, folder, weights, self.config),
                 trainer_state,
                 {"step": self.state.step, "wer": wer, "code_version": ckpt.code_version()},
                 dump_config(self.config),
@@ -360,12 +368,13 @@ class Run:
         latest = ckpt.latest_checkpoint(self.root)
         if latest is None:
             return False
-        distributed.load_model_state(self.model, load_file(latest / "model" / "model.safetensors"))
+        distributed.load_model_state(self.model, lora.checkpoint_state(latest))
         saved = ckpt.load_trainer_state(latest)
         distributed.load_optimizer_state(self.model, self.optimizer, saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
         self.state = TrainState(**saved["state"])
+        self.state.trainable_params, self.state.total_params = self.param_counts
         self.problems.merge(self.state.skipped)  # found again this time, or only then
         self.state.skipped = self.problems.entries
         self.saved_step = self.state.step

@@ -1,0 +1,206 @@
+"""The `kidwhisper` subcommands: each a thin shell over a recipe (cli.py parses and routes).
+
+Imports are inside each command so that `kidwhisper --help` and a command that fails on its
+config stay fast: only the recipe a command needs is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from kidwhisper.config import EvaluationConfig, load_config
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}%"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from kidwhisper.experiments import run_experiment
+
+    config = load_config(args.config, args.overrides)
+    metrics = run_experiment(config, overwrite=args.overwrite, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    before, after = metrics.get("eval_before"), metrics.get("eval_after")
+    print(f"experiment: {config.output.experiments_dir}/{metrics['name']}")
+    if before:
+        print(f"zero-shot WER:  {_pct(before['wer'])}")
+    if after:
+        print(f"fine-tuned WER: {_pct(after['wer'])}  ({after['utterances']} utterances)")
+        for bucket, wer in after["wer_by_age"].items():
+            print(f"  age {bucket}: {_pct(wer)}")
+    print(f"training data: {metrics['bad_data_summary']}")
+    print(f"wall time: {metrics['wall_seconds']:.0f} s; model: {metrics['model_dir']}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from kidwhisper.data import read_manifest
+    from kidwhisper.distributed import pick_device
+    from kidwhisper.evaluation import decoding_options, evaluate, save_predictions
+    from kidwhisper.models import load_model
+
+    wm = load_model(args.model, args.variant, args.audio_context)
+    wm.model.to(pick_device(args.device))
+    utterances = read_manifest(args.data)[: args.limit or None]
+    guards = {} if args.guards else {"max_tokens_per_second": None, "repetition_limit": None}
+    ev = EvaluationConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, **guards)
+    result = evaluate(wm, utterances, ev.batch_size, decoding_options(ev))
+    out = args.out or Path(args.data).with_suffix(".predictions.jsonl").name
+    save_predictions(result, out)
+    print(f"WER {_pct(result.wer)} on {len(utterances)} utterances ({result.seconds:.1f} s)")
+    for bucket, report in result.by_age.items():
+        print(f"  age {bucket}: {_pct(report.wer)} ({report.utterances} utterances)")
+    if result.errors:
+        print(f"{len(result.errors)} unreadable clip(s) scored as empty predictions")
+    print(f"predictions: {out}")
+    return 0
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from kidwhisper.distributed import pick_device
+    from kidwhisper.evaluation import decoding_options
+    from kidwhisper.models import load_model
+    from kidwhisper.transcription import InputError, output_format, transcribe_to_file
+
+    try:
+        fmt = output_format(args.out, args.format)  # before minutes of loading and decoding
+        wm = load_model(args.model, audio_context=args.audio_context)
+        wm.model.to(pick_device(args.device))
+        guards = {} if args.guards else {"max_tokens_per_second": None, "repetition_limit": None}
+        ev = EvaluationConfig(max_new_tokens=args.max_new_tokens, **guards)
+        result = transcribe_to_file(
+            wm,
+            args.paths,
+            args.out,
+            fmt,
+            batch_size=args.batch_size,
+            options=decoding_options(ev),
+            num_workers=args.num_workers,
+        )
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("\n".join(result.summary_lines()))
+    print(f"transcripts: {args.out} ({fmt})")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from kidwhisper.analysis import analyse_files, id_list, summary_lines, write_report
+
+    result = analyse_files(args.predictions, args.reference)
+    print("\n".join(summary_lines(result, args.top)))
+    if args.report:
+        sources = (args.predictions, args.reference)
+        report, chart = write_report(result, args.report, args.top, sources)
+        print(f"report: {report}" + (f" (chart: {chart})" if chart else ""))
+    if result.unknown_ids:
+        print(
+            f"error: {len(result.unknown_ids)} prediction id(s) not in {args.reference} were "
+            f"not scored: {id_list(result.unknown_ids, args.top)}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def cmd_curation(args: argparse.Namespace) -> int:
+    """`filter` and `split`: the work is curation.py's, the summary is printed here."""
+    from kidwhisper import curation
+
+    print("\n".join(curation.COMMANDS[args.command](args)))
+    return 0
+
+
+def cmd_import_ct2(args: argparse.Namespace) -> int:
+    from kidwhisper.models.ct2 import import_ct2
+
+    model = import_ct2(Path(args.src), Path(args.out))
+    print(f"wrote {args.out} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params)")
+    return 0
+
+
+def cmd_export_ct2(args: argparse.Namespace) -> int:
+    from kidwhisper.models.export import export_ct2
+
+    out = export_ct2(args.model, Path(args.out), args.quantization, args.force)
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    print(f"wrote {out} (CTranslate2, {args.quantization}, {size / 2**20:.1f} MiB)")
+    return 0
+
+
+def cmd_average(args: argparse.Namespace) -> int:
+    from kidwhisper.models.averaging import average_checkpoints
+
+    out = average_checkpoints(args.checkpoints, Path(args.out), args.weights)
+    print(f"averaged {len(args.checkpoints)} checkpoints into {out}")
+    return 0
+
+
+def cmd_merge_lora(args: argparse.Namespace) -> int:
+    from kidwhisper.models.lora import merge_lora
+
+    print(f"merged into {merge_lora(args.checkpoint, Path(args.out), args.base)}")
+    return 0
+
+
+def cmd_new_experiment(args: argparse.Namespace) -> int:
+    from kidwhisper.experiments import new_experiment
+
+    folder = new_experiment(args.name, Path(args.root), args.source)
+    module = None if folder.is_absolute() else ".".join(folder.parts)
+    print(f"created {folder}/ (config.yaml, main.py)")
+    if module:
+        print(
+            f"run it: python -m {module}.main   or   torchrun --nproc_per_node=2 -m {module}.main"
+        )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from kidwhisper.experiments import collect_results, results_table, update_readme
+
+    table = results_table(collect_results(Path(args.root)))
+    update_readme(Path(args.readme), table)
+    print(table)
+    print(f"updated {args.readme}")
+    return 0
+
+
+def cmd_archive(args: argparse.Namespace) -> int:
+    from kidwhisper.experiments import archive
+
+    print(f"archived to {archive(args.run, Path(args.checkpoints))}")
+    return 0
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from kidwhisper.models.memory import report_lines
+
+    config = load_config(args.config, args.overrides, check_paths=False)
+    print("\n".join(report_lines(config, args.tokens, args.device)))
+    return 0
+
+
+def cmd_package_submission(args: argparse.Namespace) -> int:
+    from kidwhisper.submission.package import package_submission
+
+    report = package_submission(
+        args.model, args.out, args.audio_context, args.batch_size, variant=args.variant
+    )
+    print("\n".join(report.summary_lines()))
+    return 0
+
+
+def cmd_run_submission(args: argparse.Namespace) -> int:
+    from kidwhisper.submission.runner import run_submission
+
+    report = run_submission(args.zip, args.data, args.workdir, timeout=args.timeout)
+    print("\n".join(report.summary_lines()))
+    print(f"work folder: {report.workdir}")
+    return 0 if report.valid else 1
