@@ -379,7 +379,7 @@ def test_lora_under_ddp_and_fsdp_matches_one_process(tmp_path):
         args = ["-m", "kidwhisper", "train", str(REPO / "configs" / "quickstart.yaml"), *base]
         cmd = [*launch, *args, *extra, f"output.name={name}"]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.returncode == 0, f"{name}: {done.stderr[-6000:]}"
     step = {n: lora_module.checkpoint_state(tmp_path / "ckpt" / n / "step_0000002")
             for n in ("one", "ddp", "fsdp")}  # fmt: skip
     for name in ("ddp", "fsdp"):

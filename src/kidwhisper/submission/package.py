@@ -47,6 +47,7 @@ SHIPPED_MODULES = (
     "kidwhisper.data",
     "kidwhisper.decoding",
     "kidwhisper.inference",
+    "kidwhisper.problems",
     "kidwhisper.text",
     "kidwhisper.models.variants",
 )
