@@ -126,17 +126,17 @@ def split_batch(batch: dict, parts: int) -> list[dict]:
 
 
 class BadSteps:
-    """Counts skipped non-finite steps; raises after `limit` in a row."""
+    """Tracks skipped non-finite steps in a row (the run's total is TrainState.bad_steps);
+    raises after `limit`."""
 
     def __init__(self, limit: int) -> None:
-        self.limit, self.in_a_row, self.total = limit, 0, 0
+        self.limit, self.in_a_row = limit, 0
 
     def record(self, finite: bool, step: int, loss: float, grad_norm: float) -> None:
         if finite:
             self.in_a_row = 0
             return
         self.in_a_row += 1
-        self.total += 1
         log.warning(
             "step %d: loss %s, gradient norm %s: step skipped (%d in a row)",
             step + 1,
