@@ -11,8 +11,14 @@ from safetensors.torch import load_file
 from transformers import WhisperForConditionalGeneration
 
 from kidwhisper.cli import main
+from kidwhisper.config import ConfigError, load_config
+from kidwhisper.experiments import run_experiment
 from kidwhisper.models import WhisperModel
 from kidwhisper.models.averaging import AveragingError, average_checkpoints
+
+from .conftest import QUICKSTART, REPO
+
+FC1 = "model.decoder.layers.0.fc1.weight"
 
 
 def _save(tmp_path: Path, variant: str, seed: int, name: str) -> Path:
@@ -62,3 +68,39 @@ def test_different_architectures_are_refused(two_models, tmp_path):
     tiny_en = _save(tmp_path, "tiny.en", 0, "tiny_en")  # same tensors, one vocabulary row less
     with pytest.raises(AveragingError, match="not the same architecture"):
         average_checkpoints([two_models[0], tiny_en], tmp_path / "x")
+
+
+def test_average_last_needs_that_many_kept_checkpoints():
+    with pytest.raises(ConfigError, match=r"training\.average_last: 3 needs .*keep_checkpoints"):
+        load_config(None, ["training.average_last=3", "training.keep_checkpoints=2"])
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_run_with_average_last_ends_on_the_mean_of_its_last_checkpoints(
+    real_manifest: Path, tmp_path: Path
+):
+    overrides = [
+        "model.variant=tiny", "model.pretrained=random",
+        f"data.train=[{QUICKSTART / 'train.jsonl'}]", f"data.eval={real_manifest}",
+        "data.max_eval_samples=3", "data.num_workers=0", "training.batch_size=4",
+        "training.max_steps=3", "training.eval_every_steps=1", "training.warmup_steps=0",
+        "training.lr=1e-3", "training.keep_checkpoints=3", "training.average_last=2",
+        "training.gradient_checkpointing=false", "evaluation.max_new_tokens=8",
+        "evaluation.before_training=false", f"output.checkpoints_dir={tmp_path / 'ckpt'}",
+        f"output.experiments_dir={tmp_path / 'exp'}", "output.name=run",
+    ]  # fmt: skip
+    metrics = run_experiment(load_config(REPO / "configs/quickstart.yaml", overrides))
+    run = tmp_path / "ckpt" / "run"
+    last = [load_file(run / f"step_000000{s}" / "model" / "model.safetensors") for s in (2, 3)]
+    final = load_file(run / "final" / "model.safetensors")
+    for key in final:
+        torch.testing.assert_close(final[key], (last[0][key] + last[1][key]) / 2, atol=1e-7, rtol=0)
+    assert not torch.equal(last[0][FC1], last[1][FC1])
+    average = metrics["eval_average"]
+    assert average["steps"] == [2, 3] and average["utterances"] == 3 and average["wer"] >= 0
+    folder = tmp_path / "exp" / "run"
+    assert json.loads((folder / "metrics.json").read_text())["eval_average"] == average
+    assert (folder / "predictions_average.jsonl").read_text().count("\n") == 3
+    assert "| overall | n/a | " in (folder / "results.md").read_text()
+    assert "average of steps [2, 3]" in (folder / "results.md").read_text()

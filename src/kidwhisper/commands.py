@@ -33,6 +33,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"fine-tuned WER: {_pct(after['wer'])}  ({after['utterances']} utterances)")
         for bucket, wer in after["wer_by_age"].items():
             print(f"  age {bucket}: {_pct(wer)}")
+    average = metrics.get("eval_average")
+    if average:
+        print(f"average of steps {average['steps']}: {_pct(average['wer'])} (the final model)")
     print(f"training data: {metrics['bad_data_summary']}")
     print(f"wall time: {metrics['wall_seconds']:.0f} s; model: {metrics['model_dir']}")
     return 0

@@ -116,6 +116,10 @@ class TrainingConfig:
     eval_every_steps: int | None = field(default=None, metadata=_min(1))  # also checkpoints
     save_every_steps: int | None = field(default=None, metadata=_min(1))
     keep_checkpoints: int = field(default=2, metadata=_min(1))  # newest kept, plus the best
+    # K > 1: the final model is the uniform average of the last K checkpoints (a "model
+    # soup" of one run, models/averaging.py), evaluated beside the last one. Needs
+    # keep_checkpoints >= K; checkpoints are written at each evaluation.
+    average_last: int = field(default=1, metadata=_min(1))
     early_stopping_patience: int | None = field(default=None, metadata=_min(1))  # evaluations
     log_every_steps: int = field(default=10, metadata=_min(1))
     # A step with a NaN/inf loss or gradient is skipped and counted; this many in a row stop
@@ -283,6 +287,10 @@ def validate(config: Config, source: str, check_paths: bool = True) -> None:
     if config.data.min_seconds >= config.data.max_seconds:
         fail(source, "data.min_seconds", f"must be below data.max_seconds, got "
               f"{config.data.min_seconds} >= {config.data.max_seconds}")  # fmt: skip
+    if config.training.average_last > config.training.keep_checkpoints:
+        fail(source, "training.average_last", f"{config.training.average_last} needs "
+             f"training.keep_checkpoints >= {config.training.average_last}, got "
+             f"{config.training.keep_checkpoints}")  # fmt: skip
     _validate_weights(config, source)
     if config.data.guard_eval and not config.data.eval:
         fail(source, "data.guard_eval", "needs data.eval: the guard is reported beside it")

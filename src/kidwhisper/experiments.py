@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from kidwhisper.augment import describe
 from kidwhisper.checkpoint import code_version
 from kidwhisper.config import Config, dump_config, load_config
 from kidwhisper.problems import DataProblems
+from kidwhisper.results import percent, plot_learning_curve, results_markdown, trainable_share
 
 
 class ExperimentExistsError(FileExistsError):
@@ -72,31 +72,6 @@ class Experiment:
         return path
 
 
-def plot_learning_curve(metrics: dict, path: Path) -> Path:
-    """Training loss per step and dev WER per evaluation, one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
-    curve, evals = metrics.get("loss_curve", []), metrics.get("evals", [])
-    fig, loss_ax = plt.subplots(figsize=(7, 4), dpi=100)
-    loss_ax.plot([p["step"] for p in curve], [p["loss"] for p in curve], color="tab:blue")
-    loss_ax.set_xlabel("optimizer step")
-    loss_ax.set_ylabel("training loss (per token)", color="tab:blue")
-    if evals:
-        wer_ax = loss_ax.twinx()
-        wer_ax.plot(
-            [e["step"] for e in evals], [100 * e["wer"] for e in evals], "o-", color="tab:red"
-        )
-        wer_ax.set_ylabel("dev WER (%)", color="tab:red")
-    loss_ax.set_title(metrics.get("name", ""))
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 def environment() -> dict:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor()
     return {
@@ -107,85 +82,6 @@ def environment() -> dict:
     }
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f}%"
-
-
-def _guard_line(config: Config, after: dict) -> list[str]:
-    if not config.data.guard_eval:
-        return []
-    count = after.get("guard_utterances", 0)
-    return [f"- Guard set (reported only): `{config.data.guard_eval}` ({count} utterances)"]
-
-
-def _trainable(trainable: int | None, total: int | None) -> str:
-    """`0.15M of 37.9M (0.39%)`; n/a for runs from before the figures were recorded."""
-    if not total:
-        return "n/a"
-    return f"{trainable / 1e6:.2f}M of {total / 1e6:.1f}M ({100 * trainable / total:.2f}%)"
-
-
-def _adaptation(config: Config) -> str:
-    lora, freeze = config.model.lora, config.training.freeze
-    parts = [f"LoRA rank {lora.rank}, alpha {lora.alpha:g} on {', '.join(lora.target_modules)}"]
-    parts = (parts if lora.rank else []) + ([f"{freeze} frozen"] if freeze != "none" else [])
-    return f"; {'; '.join(parts)}" if parts else ""
-
-
-def results_markdown(name: str, config: Config, metrics: dict) -> str:
-    """A human summary of a run: setup, WER before/after (overall and per age bucket)."""
-    before, after = metrics.get("eval_before") or {}, metrics.get("eval_after") or {}
-    t = config.training
-    lines = [
-        f"# {name}",
-        "",
-        f"- Model: `{config.model.variant}` from `{config.pretrained}`",
-        f"- Training data: {', '.join(f'`{p}`' for p in config.data.train)} "
-        f"({metrics.get('train_utterances', 0)} utterances)",
-        f"- Evaluation data: `{config.data.eval}` ({after.get('utterances', 0)} utterances)",
-        *_guard_line(config, after),
-        f"- Augmentation: {describe(config.augment)}",
-        f"- Steps: {metrics.get('steps')} x batch {t.batch_size} x accumulation "
-        f"{t.gradient_accumulation_steps}, lr {t.lr:g} ({t.lr_schedule}), "
-        f"precision {metrics.get('precision')}",
-        f"- Wall time: {metrics.get('wall_seconds', 0):.0f} s "
-        f"(training {metrics.get('train_seconds', 0):.0f} s), "
-        f"peak memory {metrics.get('peak_memory_mb', 0):.0f} MB",
-        f"- Trainable parameters: "
-        f"{_trainable(metrics.get('trainable_params'), metrics.get('total_params'))}"
-        f"{_adaptation(config)}",
-        f"- Bad training entries: {metrics.get('bad_data_summary', 'n/a')}",
-        "",
-        "## WER (competition normaliser, corpus WER)",
-        "",
-        "| | before | after |",
-        "|---|---|---|",
-        f"| overall | {_pct(before.get('wer'))} | {_pct(after.get('wer'))} |",
-    ]
-    if "guard_wer" in before or "guard_wer" in after:  # what training cost elsewhere
-        lines.append(
-            f"| guard set | {_pct(before.get('guard_wer'))} | {_pct(after.get('guard_wer'))} |"
-        )
-    buckets = sorted(set(before.get("wer_by_age", {})) | set(after.get("wer_by_age", {})))
-    for bucket in buckets:
-        b = before.get("wer_by_age", {}).get(bucket)
-        a = after.get("wer_by_age", {}).get(bucket)
-        lines.append(f"| age {bucket} | {_pct(b)} | {_pct(a)} |")
-    curve = metrics.get("loss_curve", [])
-    if curve:
-        lines += [
-            "",
-            "## Learning curve",
-            "",
-            f"Training loss {curve[0]['loss']:.3f} at step 1, {curve[-1]['loss']:.3f} "
-            f"at step {curve[-1]['step']}.",
-            "",
-            "![learning curve](learning_curve.png)",
-        ]
-    lines += ["", f"Code {metrics.get('environment', {}).get('code_version', '?')}.", ""]
-    return "\n".join(lines)
-
-
 def run_experiment(config: Config, overwrite: bool = False, resume: bool = False) -> dict:
     """Train as `config` says, recording everything in the experiment folder.
 
@@ -194,9 +90,10 @@ def run_experiment(config: Config, overwrite: bool = False, resume: bool = False
     results.md after every evaluation (so a run that dies still leaves its figures), the dev
     predictions, and the final model in transformers layout under checkpoints/<name>/final.
     """
-    from kidwhisper.checkpoint import latest_checkpoint
+    from kidwhisper.checkpoint import checkpoints, latest_checkpoint
     from kidwhisper.distributed import pick_device, pick_dtype
     from kidwhisper.evaluation import save_predictions
+    from kidwhisper.models.averaging import average_checkpoints
     from kidwhisper.training import train
 
     experiment = Experiment(config)
@@ -248,13 +145,40 @@ def run_experiment(config: Config, overwrite: bool = False, resume: bool = False
     _, state = train(config, on_eval=record if is_main else None)
     if is_main:
         # The last step always ends with a checkpoint: its model is the final model.
-        last = latest_checkpoint(experiment.checkpoint_dir)
+        # The final model: the last checkpoint's, or the mean of the last K (average_last).
         shutil.rmtree(experiment.model_dir, ignore_errors=True)
-        shutil.copytree(last / "model", experiment.model_dir)
+        sources = checkpoints(experiment.checkpoint_dir)[-config.training.average_last :]
+        if len(sources) > 1:
+            average_checkpoints(sources, experiment.model_dir)
+        else:
+            last = latest_checkpoint(experiment.checkpoint_dir)
+            shutil.copytree(last / "model", experiment.model_dir)
         (experiment.model_dir / "kidwhisper.yaml").write_text(dump_config(config), encoding="utf-8")
         metrics.update(model_dir=str(experiment.model_dir), finished=True)
+        if len(sources) > 1:
+            metrics["eval_average"] = evaluate_average(config, experiment, sources, device)
         record(state)
     return metrics
+
+
+def evaluate_average(config: Config, experiment: Experiment, sources: list, device) -> dict:
+    """Score the averaged final model on data.eval (and the guard set) as the run's own
+    evaluations are scored; its predictions go to predictions_average.jsonl."""
+    from kidwhisper.evaluation import decoding_options, evaluate, save_predictions
+    from kidwhisper.models import load_model
+    from kidwhisper.trainer import load_utterances
+
+    wm = load_model(str(experiment.model_dir))
+    wm.model.to(device)
+    ev, limit = config.evaluation, config.data.max_eval_samples
+    figures: dict = {"steps": [int(p.name.split("_")[-1]) for p in sources]}
+    for prefix, manifest in (("", config.data.eval), ("guard_", config.data.guard_eval)):
+        if manifest:
+            utterances = load_utterances([manifest], limit)
+            result = evaluate(wm, utterances, ev.batch_size, decoding_options(ev))
+            save_predictions(result, experiment.dir / f"{prefix}predictions_average.jsonl")
+            figures.update({f"{prefix}{k}": v for k, v in result.summary().items()})
+    return figures
 
 
 # --- the seed's workflow: sequential folders, templates, a results table, archiving ---------
@@ -319,7 +243,8 @@ def collect_results(root: Path) -> list[dict]:
     rows = []
     for path in sorted(root.glob("*/metrics.json"), key=lambda p: (_number(p.parent) or 0, p)):
         m = json.loads(path.read_text())
-        before, after = m.get("eval_before") or {}, m.get("eval_after") or {}
+        before = m.get("eval_before") or {}
+        after = m.get("eval_average") or m.get("eval_after") or {}  # the final model's
         rows.append(
             {
                 "name": path.parent.name,
@@ -345,12 +270,12 @@ def results_table(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        ages = ", ".join(f"{k}: {_pct(v)}" for k, v in sorted(r["by_age"].items()))
+        ages = ", ".join(f"{k}: {percent(v)}" for k, v in sorted(r["by_age"].items()))
         status = "" if r["finished"] else " (unfinished)"
         lines.append(
-            f"| {r['name']}{status} | {r['variant']} | {r['steps']} | {_pct(r['before'])} | "
-            f"{_pct(r['after'])} | {_pct(r['best'])} | {ages} | {r['minutes']:.1f} | "
-            f"{_trainable(r['trainable'], r['total'])} |"
+            f"| {r['name']}{status} | {r['variant']} | {r['steps']} | {percent(r['before'])} | "
+            f"{percent(r['after'])} | {percent(r['best'])} | {ages} | {r['minutes']:.1f} | "
+            f"{trainable_share(r['trainable'], r['total'])} |"
         )
     return "\n".join(lines)
 
