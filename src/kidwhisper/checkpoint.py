@@ -125,6 +125,11 @@ def checkpoints(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.name.startswith(PREFIX) and p.is_dir())
 
 
+def checkpoint_step(path: Path) -> int:
+    """The optimizer step a checkpoint folder (`step_0000110`) was written at."""
+    return int(path.name.removeprefix(PREFIX))
+
+
 def latest_checkpoint(root: Path) -> Path | None:
     pointer = root / LATEST
     if pointer.is_file():

@@ -14,12 +14,9 @@ from pathlib import Path
 from kidwhisper.config import EvaluationConfig, load_config
 
 
-def _pct(value: float) -> str:
-    return f"{100 * value:.2f}%"
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from kidwhisper.experiments import run_experiment
+    from kidwhisper.results import percent
 
     config = load_config(args.config, args.overrides)
     metrics = run_experiment(config, overwrite=args.overwrite, resume=args.resume)
@@ -28,14 +25,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     before, after = metrics.get("eval_before"), metrics.get("eval_after")
     print(f"experiment: {config.output.experiments_dir}/{metrics['name']}")
     if before:
-        print(f"zero-shot WER:  {_pct(before['wer'])}")
+        print(f"zero-shot WER:  {percent(before['wer'])}")
     if after:
-        print(f"fine-tuned WER: {_pct(after['wer'])}  ({after['utterances']} utterances)")
+        print(f"fine-tuned WER: {percent(after['wer'])}  ({after['utterances']} utterances)")
         for bucket, wer in after["wer_by_age"].items():
-            print(f"  age {bucket}: {_pct(wer)}")
+            print(f"  age {bucket}: {percent(wer)}")
     average = metrics.get("eval_average")
     if average:
-        print(f"average of steps {average['steps']}: {_pct(average['wer'])} (the final model)")
+        print(f"average of steps {average['steps']}: {percent(average['wer'])} (the final model)")
     print(f"training data: {metrics['bad_data_summary']}")
     print(f"wall time: {metrics['wall_seconds']:.0f} s; model: {metrics['model_dir']}")
     return 0
@@ -46,6 +43,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from kidwhisper.distributed import pick_device
     from kidwhisper.evaluation import decoding_options, evaluate, save_predictions
     from kidwhisper.models import load_model
+    from kidwhisper.results import percent
 
     wm = load_model(args.model, args.variant, args.audio_context)
     wm.model.to(pick_device(args.device))
@@ -55,9 +53,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(wm, utterances, ev.batch_size, decoding_options(ev))
     out = args.out or Path(args.data).with_suffix(".predictions.jsonl").name
     save_predictions(result, out)
-    print(f"WER {_pct(result.wer)} on {len(utterances)} utterances ({result.seconds:.1f} s)")
+    print(f"WER {percent(result.wer)} on {len(utterances)} utterances ({result.seconds:.1f} s)")
     for bucket, report in result.by_age.items():
-        print(f"  age {bucket}: {_pct(report.wer)} ({report.utterances} utterances)")
+        print(f"  age {bucket}: {percent(report.wer)} ({report.utterances} utterances)")
     if result.errors:
         print(f"{len(result.errors)} unreadable clip(s) scored as empty predictions")
     print(f"predictions: {out}")

@@ -144,18 +144,19 @@ def run_experiment(config: Config, overwrite: bool = False, resume: bool = False
 
     _, state = train(config, on_eval=record if is_main else None)
     if is_main:
-        # The last step always ends with a checkpoint: its model is the final model.
-        # The final model: the last checkpoint's, or the mean of the last K (average_last).
+        # The last step always ends with a checkpoint: the final model is its model, or
+        # the mean of the last K checkpoints' (training.average_last).
         shutil.rmtree(experiment.model_dir, ignore_errors=True)
         sources = checkpoints(experiment.checkpoint_dir)[-config.training.average_last :]
-        if len(sources) > 1:
+        averaged = len(sources) > 1
+        if averaged:
             average_checkpoints(sources, experiment.model_dir)
         else:
             last = latest_checkpoint(experiment.checkpoint_dir)
             shutil.copytree(last / "model", experiment.model_dir)
         (experiment.model_dir / "kidwhisper.yaml").write_text(dump_config(config), encoding="utf-8")
         metrics.update(model_dir=str(experiment.model_dir), finished=True)
-        if len(sources) > 1:
+        if averaged:
             metrics["eval_average"] = evaluate_average(config, experiment, sources, device)
         record(state)
     return metrics
@@ -164,6 +165,7 @@ def run_experiment(config: Config, overwrite: bool = False, resume: bool = False
 def evaluate_average(config: Config, experiment: Experiment, sources: list, device) -> dict:
     """Score the averaged final model on data.eval (and the guard set) as the run's own
     evaluations are scored; its predictions go to predictions_average.jsonl."""
+    from kidwhisper.checkpoint import checkpoint_step
     from kidwhisper.evaluation import decoding_options, evaluate, save_predictions
     from kidwhisper.models import load_model
     from kidwhisper.trainer import load_utterances
@@ -171,7 +173,7 @@ def evaluate_average(config: Config, experiment: Experiment, sources: list, devi
     wm = load_model(str(experiment.model_dir))
     wm.model.to(device)
     ev, limit = config.evaluation, config.data.max_eval_samples
-    figures: dict = {"steps": [int(p.name.split("_")[-1]) for p in sources]}
+    figures: dict = {"steps": [checkpoint_step(p) for p in sources]}
     for prefix, manifest in (("", config.data.eval), ("guard_", config.data.guard_eval)):
         if manifest:
             utterances = load_utterances([manifest], limit)
