@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,15 @@ needs_shared = pytest.mark.skipif(
     not (SO762 / "dev.jsonl").is_file(),
     reason=f"real child speech not found at {SO762} (CI has it; see ../shared/data/README.md)",
 )
+PEAK_DISK_GB = 3.0  # measured: 2.6 GB at the peak (three runs under torchrun, 2.3 GB)
+
+
+def pytest_report_header(config) -> str:
+    """Free disk where the tests write: with less than the peak, training tests fail."""
+    tmp = tempfile.gettempdir()
+    free = shutil.disk_usage(tmp).free / 1e9
+    low = "" if free > PEAK_DISK_GB else "  LOW: training tests will fail for lack of space"
+    return f"disk: {free:.1f} GB free in {tmp}; the suite needs about {PEAK_DISK_GB} GB{low}"
 
 
 @pytest.fixture(scope="session")

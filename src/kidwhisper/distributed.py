@@ -88,6 +88,7 @@ def init(device_type: str) -> Dist:
 
 
 def shutdown() -> None:
+    """Leave the process group (a no-op on one process); call it once no collective is left."""
     if dist.is_initialized():
         dist.destroy_process_group()
 
