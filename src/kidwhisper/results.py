@@ -35,6 +35,7 @@ def plot_learning_curve(metrics: dict, path: Path) -> Path:
 
 
 def percent(value: float | None) -> str:
+    """A WER as the CLI and results.md print it: `21.24%`, or `n/a` when not measured."""
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
