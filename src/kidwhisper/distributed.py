@@ -88,9 +88,23 @@ def init(device_type: str) -> Dist:
 
 
 def shutdown() -> None:
-    """Leave the process group (a no-op on one process); call it once no collective is left."""
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group (a no-op on one process), once no collective is left and no
+    DDP wrapper is alive.
+
+    A process that exits without this can abort (SIGABRT) when gloo's worker threads free
+    their last tensors during interpreter teardown. Freeing the group has its own trap: its
+    destructor joins those threads, which may need the GIL to free a tensor; run from a C++
+    owner (DDP's reducer) it holds the GIL and deadlocks. So the group outlives its C++
+    owners here and goes with a Python reference (this one, or an FSDP module's, later),
+    whose binding releases the GIL for the destructor; and a barrier first lets the worker
+    threads free the last collective's tensors while every process waits without the GIL.
+    """
+    if not dist.is_initialized():
+        return
+    dist.barrier()
+    world = dist.group.WORLD  # keeps the group alive while destroy_process_group unlinks it
+    dist.destroy_process_group()
+    del world
 
 
 def all_reduce_sum(value: float | int, device: torch.device) -> float:

@@ -357,6 +357,13 @@ class Run:
         self.saved_step = self.state.step
         distributed.barrier()
 
+    def close(self) -> None:
+        """Leave the process group once no collective is left (see distributed.shutdown).
+        The DDP wrapper goes first: its reducer must not outlive the group's last Python
+        reference, or the group's destructor runs holding the GIL and can deadlock."""
+        self.model = None  # the only reference to a DDP wrapper: freed here
+        distributed.shutdown()
+
     def save_now(self) -> Path | None:
         """A checkpoint of the current step (unless there is one); the latest checkpoint."""
         if self.state.step > 0 and self.saved_step != self.state.step:

@@ -102,7 +102,7 @@ def train(config: Config, on_eval=None, resume: bool = True) -> tuple[WhisperMod
                     signum = signals.received or signal.SIGTERM  # another process got it
                     raise faults.Interrupted(signum, state.step, run.save_now())
     except faults.Interrupted:
-        distributed.shutdown()  # every process stops here together, after the checkpoint
+        run.close()  # every process stops here together, after the checkpoint
         raise
     finally:
         progress.close()
@@ -112,9 +112,7 @@ def train(config: Config, on_eval=None, resume: bool = True) -> tuple[WhisperMod
     state.peak_memory_mb = max(state.peak_memory_mb, peak_memory_mb(run.device))
     log.info("trained %d steps, %.0f s in all", state.step - start_step, state.train_seconds)
     log.info("training data: %s", run.problems.summary())
-    # The last collective is behind us. Leaving the group explicitly matters: a gloo process
-    # that exits without it can abort in its worker threads' teardown (SIGABRT, exit -6).
-    distributed.shutdown()
+    run.close()  # the last collective is behind us
     return run.wm, state
 
 
