@@ -28,11 +28,10 @@ from pathlib import Path
 
 import torch
 
-from kidwhisper.audio import load_audio, log_mel
-from kidwhisper.audio_context import BATCH, clip_frames
-from kidwhisper.augment import STREAMS, Augmenter
-from kidwhisper.config import AugmentConfig, resolve_path
-from kidwhisper.data import Utterance, read_manifest
+from kidwhisper.config import BATCH, AugmentConfig, resolve_path
+from kidwhisper.data.audio import clip_frames, load_audio, log_mel
+from kidwhisper.data.augment import STREAMS, Augmenter
+from kidwhisper.data.dataset import Utterance, read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 SO762 = REPO.parent / "shared/data/so762-kids"

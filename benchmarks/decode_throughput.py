@@ -36,14 +36,15 @@ import numpy as np
 import torch
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-from kidwhisper.audio import load_audio
 from kidwhisper.config import EvaluationConfig
-from kidwhisper.data import clip_seconds, read_manifest
-from kidwhisper.evaluation import decoding_options, evaluate
-from kidwhisper.models import load_model
+from kidwhisper.data.audio import load_audio
+from kidwhisper.data.dataset import clip_seconds, read_manifest
+from kidwhisper.inference.evaluation import decoding_options, evaluate
+from kidwhisper.inference.scoring import score
 from kidwhisper.models.averaging import model_folder
-from kidwhisper.models.bundled import BUNDLED_PREFIX, bundled_path
-from kidwhisper.scoring import score
+from kidwhisper.models.bundled import BUNDLED_PREFIX
+from kidwhisper.models.ct2 import bundled_path
+from kidwhisper.models.factory import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 SO762_DEV = REPO.parent / "shared/data/so762-kids/dev.jsonl"

@@ -26,10 +26,10 @@ import tempfile
 from pathlib import Path
 
 from kidwhisper.config import resolve_path
-from kidwhisper.data import read_manifest
+from kidwhisper.data.dataset import read_manifest
+from kidwhisper.data.text import encode_labels, family_tokenizer, special_tokens
 from kidwhisper.models.memory import GIB, estimate
 from kidwhisper.models.variants import get_variant
-from kidwhisper.text import encode_labels, family_tokenizer, special_tokens
 
 REPO = Path(__file__).resolve().parents[1]
 SO762 = REPO.parent / "shared/data/so762-kids/train.jsonl"

@@ -37,12 +37,12 @@ from transformers import (
     WhisperProcessor,
 )
 
-from kidwhisper.audio import SAMPLE_RATE, load_audio
 from kidwhisper.config import EvaluationConfig, load_config
-from kidwhisper.data import Utterance, clip_seconds, read_manifest
-from kidwhisper.evaluation import decoding_options, evaluate
-from kidwhisper.models import load_model
-from kidwhisper.models.bundled import bundled_path
+from kidwhisper.data.audio import SAMPLE_RATE, load_audio
+from kidwhisper.data.dataset import Utterance, clip_seconds, read_manifest
+from kidwhisper.inference.evaluation import decoding_options, evaluate
+from kidwhisper.models.ct2 import bundled_path
+from kidwhisper.models.factory import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 SO762 = REPO.parent / "shared/data/so762-kids"
@@ -174,7 +174,7 @@ def train_plain(args: argparse.Namespace, clips: list[Utterance], out: Path) -> 
 
 
 def train_kidwhisper(args: argparse.Namespace, clips: int, out: Path) -> dict:
-    from kidwhisper.training import train
+    from kidwhisper.training.loop import train
 
     max_batch = min(args.kidwhisper_max_batch, clips)  # its sampler wants one full batch
     overrides = [

@@ -41,7 +41,7 @@ def real_manifest() -> Path:
 @pytest.fixture(scope="session")
 def tiny_en():
     """Bundled real tiny.en weights (converted from CTranslate2 once, then cached)."""
-    from kidwhisper.models import load_model
+    from kidwhisper.models.factory import load_model
 
     return load_model("bundled:tiny.en")
 
@@ -49,6 +49,6 @@ def tiny_en():
 @pytest.fixture(scope="session")
 def random_tiny():
     """The real multilingual tiny architecture with random weights."""
-    from kidwhisper.models import WhisperModel
+    from kidwhisper.models.factory import WhisperModel
 
     return WhisperModel("tiny", pretrained="random").load()

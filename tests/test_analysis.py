@@ -1,4 +1,4 @@
-"""Tests for kidwhisper.analysis and `kidwhisper score`: hand-computed WERs and error counts."""
+"""Tests for kidwhisper.inference.analysis and `kidwhisper score`: hand-computed WERs, errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kidwhisper.analysis import (
+from kidwhisper.cli.main import main
+from kidwhisper.inference.analysis import (
     Reference,
     ScoreInputError,
     analyse,
@@ -17,8 +18,7 @@ from kidwhisper.analysis import (
     read_predictions,
     read_references,
 )
-from kidwhisper.cli import main
-from kidwhisper.scoring import corpus_wer
+from kidwhisper.inference.scoring import corpus_wer
 
 from .conftest import SO762, needs_shared
 

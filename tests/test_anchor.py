@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kidwhisper.anchor import KLAnchor
-from kidwhisper.data import SpeechDataset, WhisperCollator, read_manifest
-from kidwhisper.trainer import Run, batch_stream, summed_loss
+from kidwhisper.data.dataset import SpeechDataset, WhisperCollator, read_manifest
+from kidwhisper.training.anchor import KLAnchor
+from kidwhisper.training.run import Run, batch_stream, summed_loss
 
 from .test_training import _config
 

@@ -8,17 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from kidwhisper.audio import N_FRAMES, SAMPLE_RATE, load_audio, log_mel
-from kidwhisper.audio_context import (
+from kidwhisper.config import ConfigError, load_config, parse_context
+from kidwhisper.data.audio import (
+    N_FRAMES,
+    SAMPLE_RATE,
     STEP_FRAMES,
-    ShortInputEncoder,
     clip_frames,
-    parse_context,
-    recorded_context,
+    load_audio,
+    log_mel,
 )
-from kidwhisper.config import ConfigError, load_config
-from kidwhisper.data import SpeechDataset, WhisperCollator, read_manifest
-from kidwhisper.models import load_model
+from kidwhisper.data.dataset import SpeechDataset, WhisperCollator, read_manifest
+from kidwhisper.models.factory import load_model
+from kidwhisper.models.short_input import ShortInputEncoder, recorded_context
 
 
 def test_clip_frames_follow_the_context():

@@ -11,8 +11,9 @@ import pytest
 import soundfile as sf
 from torch.utils.data import DataLoader
 
-from kidwhisper.audio import HOP_LENGTH, SAMPLE_RATE, SILENCE_BELOW_MAX, load_audio, log_mel
-from kidwhisper.augment import (
+from kidwhisper.config import AugmentConfig, ConfigError, SpecAugmentConfig, load_config
+from kidwhisper.data.audio import HOP_LENGTH, SAMPLE_RATE, SILENCE_BELOW_MAX, load_audio, log_mel
+from kidwhisper.data.augment import (
     Augmenter,
     build_augmenter,
     change_speed,
@@ -21,11 +22,10 @@ from kidwhisper.augment import (
     spec_augment,
     vtlp_filters,
 )
-from kidwhisper.config import AugmentConfig, ConfigError, SpecAugmentConfig, load_config
-from kidwhisper.data import SpeechDataset, WhisperCollator, read_manifest
-from kidwhisper.problems import DataProblems
-from kidwhisper.sampling import ResumableBatchSampler
-from kidwhisper.trainer import batch_stream
+from kidwhisper.data.dataset import SpeechDataset, WhisperCollator, read_manifest
+from kidwhisper.data.problems import DataProblems
+from kidwhisper.data.sampling import ResumableBatchSampler
+from kidwhisper.training.run import batch_stream
 
 from .conftest import QUICKSTART, REPO
 
@@ -323,7 +323,7 @@ def test_workers_and_resume_see_the_same_augmentation(utterances, random_tiny, n
 @pytest.mark.integration
 @pytest.mark.slow
 def test_short_training_run_with_every_augmentation(tmp_path: Path, noise_dir: Path):
-    from kidwhisper.experiments import run_experiment
+    from kidwhisper.training.experiments import run_experiment
 
     overrides = [
         "model.variant=tiny", "model.pretrained=random",

@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import WhisperForConditionalGeneration
 
-from kidwhisper.cli import main
+from kidwhisper.cli.main import main
 from kidwhisper.config import ConfigError, load_config
-from kidwhisper.experiments import run_experiment
-from kidwhisper.models import WhisperModel
 from kidwhisper.models.averaging import AveragingError, average_checkpoints
+from kidwhisper.models.factory import WhisperModel
+from kidwhisper.training.experiments import run_experiment
 
 from .conftest import QUICKSTART, REPO
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kidwhisper.config import ConfigError, dump_config, load_config
-from kidwhisper.models import ModelFactory
+from kidwhisper.models.factory import ModelFactory
 
 from .conftest import REPO, SO762
 

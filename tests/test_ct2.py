@@ -2,26 +2,45 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from kidwhisper.audio import load_audio, log_mel
-from kidwhisper.cli import main
-from kidwhisper.data import read_manifest
-from kidwhisper.decoding import greedy_decode
-from kidwhisper.models import WhisperModel
-from kidwhisper.models.bundled import ct2_folder
+from kidwhisper.cli.main import main
+from kidwhisper.data.audio import load_audio, log_mel
+from kidwhisper.data.dataset import read_manifest
+from kidwhisper.inference.decoding import greedy_decode
+from kidwhisper.models.bundled import ct2_files
+from kidwhisper.models.factory import WhisperModel
 
 ctranslate2 = pytest.importorskip("ctranslate2", reason="ctranslate2 is a dev dependency")
 
 pytestmark = pytest.mark.integration
 
 
-def reference_outputs(name: str, features: np.ndarray, prompt: list[int]):
-    model = ctranslate2.models.Whisper(str(ct2_folder(name)), device="cpu", compute_type="float32")
+def ct2_folder(name: str, scratch: Path) -> Path:
+    """A complete CTranslate2 folder (model.bin joined if split) that ctranslate2 can load."""
+    meta_dir, parts = ct2_files(name)
+    if len(parts) == 1:
+        return meta_dir
+    target = scratch / f"ct2-{name}"
+    if not (target / "model.bin").is_file():
+        target.mkdir(parents=True)
+        for f in ("config.json", "tokenizer.json", "vocabulary.json", "vocabulary.txt"):
+            if (meta_dir / f).is_file():
+                shutil.copy(meta_dir / f, target / f)
+        with open(target / "model.bin", "wb") as out:
+            for part in parts:
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, out)
+    return target
+
+
+def reference_outputs(folder: Path, features: np.ndarray, prompt: list[int]):
+    model = ctranslate2.models.Whisper(str(folder), device="cpu", compute_type="float32")
     view = ctranslate2.StorageView.from_array(features)
     results = model.generate(
         view, [prompt] * len(features), beam_size=1, max_length=128, return_logits_vocab=True
@@ -33,12 +52,13 @@ def reference_outputs(name: str, features: np.ndarray, prompt: list[int]):
 @pytest.mark.parametrize("name", ["tiny.en", "base"])
 def test_converted_model_matches_ctranslate2(name: str, real_manifest: Path, tmp_path: Path):
     # The CLI converter, on the same CT2 folder ctranslate2 loads.
-    assert main(["import-ct2", str(ct2_folder(name)), str(tmp_path / name)]) == 0
+    folder = ct2_folder(name, tmp_path)
+    assert main(["import-ct2", str(folder), str(tmp_path / name)]) == 0
     wm = WhisperModel(name, pretrained=str(tmp_path / name)).load()
     clips = read_manifest(real_manifest)[:6]
     features = np.stack([log_mel(load_audio(c.audio), wm.n_mels) for c in clips])
 
-    results, encoded = reference_outputs(name, features, wm.special.prefix)
+    results, encoded = reference_outputs(folder, features, wm.special.prefix)
     ours = greedy_decode(wm.model, torch.from_numpy(features), wm.special)
 
     # Same greedy text for every clip.

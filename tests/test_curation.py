@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from kidwhisper import cli
+from kidwhisper.cli import main as cli
 from kidwhisper.config import ConfigError, load_config
-from kidwhisper.curation import CurationError, filter_by_wer, split_manifest
-from kidwhisper.data import Utterance, read_manifest
-from kidwhisper.labels import normalize_labels, screen_labels
-from kidwhisper.problems import (
+from kidwhisper.data.dataset import Utterance, read_manifest
+from kidwhisper.data.labels import normalize_labels, screen_labels
+from kidwhisper.data.problems import (
     EMPTY_NORMALIZED,
     HIGH_WER,
     LABEL_TOO_LONG,
@@ -24,9 +23,9 @@ from kidwhisper.problems import (
     UNDECODABLE,
     DataProblems,
 )
-from kidwhisper.scoring import normalize
-from kidwhisper.text import family_tokenizer, special_tokens
-from kidwhisper.training import train
+from kidwhisper.data.text import family_tokenizer, normalize, special_tokens
+from kidwhisper.inference.curation import CurationError, filter_by_wer, split_manifest
+from kidwhisper.training.loop import train
 
 from .conftest import QUICKSTART, SO762, needs_shared
 
@@ -174,7 +173,7 @@ def test_filter_counts_each_drop_with_its_reason(tmp_path: Path, real_manifest: 
                   if u.utterance_id == "U_missing"]  # fmt: skip
         return {u.utterance_id: heard.get(u.utterance_id, "") for u in utterances}, errors
 
-    monkeypatch.setattr("kidwhisper.evaluation.transcribe", fake_transcribe)
+    monkeypatch.setattr("kidwhisper.inference.evaluation.transcribe", fake_transcribe)
     out = tmp_path / "out" / "kept.jsonl"
     result = filter_by_wer(None, manifest, out, max_wer=0.8, progress=False)
     assert result.problems.counts() == {HIGH_WER: 1, UNDECODABLE: 1, MALFORMED: 1}

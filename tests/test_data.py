@@ -10,8 +10,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from kidwhisper.audio import N_FRAMES, AudioError, load_audio, log_mel
-from kidwhisper.data import (
+from kidwhisper.data.audio import N_FRAMES, AudioError, load_audio, log_mel
+from kidwhisper.data.dataset import (
     IGNORE_INDEX,
     ManifestError,
     SpeechDataset,

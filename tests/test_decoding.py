@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from kidwhisper.audio import load_audio, log_mel
-from kidwhisper.cli import main
-from kidwhisper.data import read_manifest
-from kidwhisper.decoding import MIN_TOKENS, DecodingOptions, greedy_decode, repeated_tail
+from kidwhisper.cli.main import main
+from kidwhisper.data.audio import load_audio, log_mel
+from kidwhisper.data.dataset import read_manifest
+from kidwhisper.inference.decoding import MIN_TOKENS, DecodingOptions, greedy_decode, repeated_tail
 
 from .conftest import SO762, needs_shared
 
@@ -101,7 +101,7 @@ def test_guards_stop_a_planted_repetition_loop(echo_model, random_tiny):
 def test_guards_never_cut_a_real_reference():
     """Fed token by token, none of the 1040 so762 references trips the repetition guard or
     outgrows its clip's duration-based limit."""
-    from kidwhisper.text import family_tokenizer
+    from kidwhisper.data.text import family_tokenizer
 
     tokenizer = family_tokenizer("english", 51864)
     options = DecodingOptions()

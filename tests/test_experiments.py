@@ -9,9 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from kidwhisper.cli import main
+from kidwhisper.cli.main import main
 from kidwhisper.config import load_config
-from kidwhisper.experiments import collect_results, new_experiment, results_table, update_readme
+from kidwhisper.training.experiments import (
+    collect_results,
+    new_experiment,
+    results_table,
+    update_readme,
+)
 
 from .conftest import REPO
 

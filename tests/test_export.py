@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from kidwhisper.audio import SAMPLE_RATE, load_audio, log_mel
-from kidwhisper.cli import main
-from kidwhisper.data import read_manifest
-from kidwhisper.decoding import DecodingOptions, greedy_decode
-from kidwhisper.evaluation import transcribe
+from kidwhisper.cli.main import main
+from kidwhisper.data.audio import SAMPLE_RATE, load_audio, log_mel
+from kidwhisper.data.dataset import read_manifest
+from kidwhisper.data.text import normalize
+from kidwhisper.inference.decoding import DecodingOptions, greedy_decode
+from kidwhisper.inference.evaluation import transcribe
 from kidwhisper.models.bundled import ct2_files
 from kidwhisper.models.ct2 import import_ct2
 from kidwhisper.models.export import ExportError, export_ct2
-from kidwhisper.scoring import normalize
 
 ctranslate2 = pytest.importorskip("ctranslate2", reason="ctranslate2 is a dev dependency")
 faster_whisper = pytest.importorskip("faster_whisper", reason="faster-whisper is a dev dependency")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kidwhisper.config import ConfigError, load_config
-from kidwhisper.experiments import run_experiment
+from kidwhisper.training.experiments import run_experiment
 
 from .conftest import QUICKSTART, REPO
 

@@ -12,14 +12,14 @@ import torch
 from safetensors.torch import load_file
 from transformers import WhisperForConditionalGeneration
 
-from kidwhisper.cli import main
+from kidwhisper.cli.main import main
 from kidwhisper.config import ConfigError, load_config
-from kidwhisper.data import SpeechDataset, WhisperCollator, read_manifest
-from kidwhisper.models import WhisperModel, load_model
-from kidwhisper.models import lora as lora_module
+from kidwhisper.data.dataset import SpeechDataset, WhisperCollator, read_manifest
+from kidwhisper.models import adapters as lora_module
 from kidwhisper.models.averaging import average_checkpoints
-from kidwhisper.schedule import build_optimizer
-from kidwhisper.trainer import Run, batch_stream
+from kidwhisper.models.factory import WhisperModel, load_model
+from kidwhisper.training.run import Run, batch_stream
+from kidwhisper.training.schedule import build_optimizer
 
 from .conftest import QUICKSTART, REPO
 
@@ -304,7 +304,7 @@ def test_trainable_parameter_counts(tiny_en_arch, rank, modules, freeze, expecte
 
 
 def test_an_experiment_records_parameter_counts_and_writes_a_plain_final_model(tmp_path):
-    from kidwhisper.experiments import collect_results, results_table, run_experiment
+    from kidwhisper.training.experiments import collect_results, results_table, run_experiment
 
     extra = [
         f"data.eval={QUICKSTART / 'dev.jsonl'}",

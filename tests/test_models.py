@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from kidwhisper.config import load_config
-from kidwhisper.models import VARIANTS, ModelFactory, WhisperModel, get_variant
-from kidwhisper.text import encode_labels, family_tokenizer, special_tokens
+from kidwhisper.data.text import encode_labels, family_tokenizer, special_tokens
+from kidwhisper.models.factory import ModelFactory, WhisperModel
+from kidwhisper.models.variants import VARIANTS, get_variant
 
 # Parameter counts of the published checkpoints (transformers' count, tied output layer).
 PUBLISHED_PARAMS = {"tiny": 37_760_640, "base": 72_593_920, "small": 241_734_912}

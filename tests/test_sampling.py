@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from kidwhisper.config import ConfigError, TrainingConfig
-from kidwhisper.data import Utterance
-from kidwhisper.sampling import DurationBatchSampler, ResumableBatchSampler, make_sampler
-from kidwhisper.weighting import bucket, item_weights, shares
+from kidwhisper.data.dataset import Utterance
+from kidwhisper.data.sampling import DurationBatchSampler, ResumableBatchSampler, make_sampler
+from kidwhisper.data.weighting import bucket, item_weights, shares
 
 
 def _durations(n: int = 500, seed: int = 1) -> list[float]:

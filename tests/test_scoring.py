@@ -1,4 +1,4 @@
-"""Tests for kidwhisper.scoring: hand-computed cases that pin down the competition metric."""
+"""Tests for kidwhisper.inference.scoring: hand-computed cases that pin down the metric."""
 
 from __future__ import annotations
 
@@ -10,13 +10,8 @@ from importlib.resources import files
 import jiwer
 import pytest
 
-from kidwhisper.scoring import (
-    WerReport,
-    corpus_wer,
-    english_spelling_map,
-    normalize,
-    score,
-)
+from kidwhisper.data.text import english_spelling_map, normalize
+from kidwhisper.inference.scoring import WerReport, corpus_wer, score
 
 JIWER_MAJOR = int(version("jiwer").split(".")[0])
 

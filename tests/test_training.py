@@ -8,14 +8,28 @@ from pathlib import Path
 import pytest
 import torch
 
-from kidwhisper.cli import main
+from kidwhisper.cli.main import main
 from kidwhisper.config import load_config
-from kidwhisper.data import SpeechDataset, WhisperCollator, read_manifest
-from kidwhisper.evaluation import mean_loss
-from kidwhisper.schedule import lr_lambda
-from kidwhisper.training import train
+from kidwhisper.data.dataset import SpeechDataset, WhisperCollator, read_manifest
+from kidwhisper.models.factory import WhisperModel
+from kidwhisper.training.loop import train
+from kidwhisper.training.schedule import lr_lambda
 
 from .conftest import REPO
+
+
+@torch.inference_mode()
+def mean_loss(wm: WhisperModel, batches: list[dict]) -> float:
+    """Teacher-forced loss over prepared batches, measured outside the training loop."""
+    losses = [
+        wm.model(
+            input_features=b["input_features"],
+            decoder_input_ids=b["decoder_input_ids"],
+            labels=b["labels"],
+        ).loss.item()
+        for b in batches
+    ]
+    return sum(losses) / len(losses)
 
 
 def test_schedule_warms_up_then_decays():

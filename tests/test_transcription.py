@@ -12,10 +12,10 @@ import pytest
 import soundfile as sf
 import soxr
 
-from kidwhisper.audio import SAMPLE_RATE, load_audio, log_mel
-from kidwhisper.cli import main
-from kidwhisper.data import SpeechDataset, Utterance, clip_seconds, read_manifest
-from kidwhisper.transcription import (
+from kidwhisper.cli.main import main
+from kidwhisper.data.audio import SAMPLE_RATE, load_audio, log_mel
+from kidwhisper.data.dataset import SpeechDataset, Utterance, clip_seconds, read_manifest
+from kidwhisper.inference.transcription import (
     InputError,
     TranscriptionResult,
     collect_inputs,
@@ -211,7 +211,7 @@ def test_manifest_input(wm, folder: Path, result: TranscriptionResult, tmp_path:
 
 
 def test_cli(wm, folder: Path, tmp_path: Path, monkeypatch, capsys):
-    monkeypatch.setattr("kidwhisper.models.load_model", lambda *args, **kwargs: wm)
+    monkeypatch.setattr("kidwhisper.models.factory.load_model", lambda *args, **kwargs: wm)
     out = tmp_path / "cli.jsonl"
     args = ["transcribe", "bundled:tiny.en", str(folder / "b.flac"), str(folder / "corrupt.flac")]
     assert main([*args, "--out", str(out), "--batch-size", "2"]) == 0

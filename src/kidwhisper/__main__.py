@@ -2,6 +2,6 @@
 
 import sys
 
-from kidwhisper.cli import main
+from kidwhisper.cli.main import main
 
 sys.exit(main())

@@ -17,11 +17,26 @@ from typing import Any, Literal
 import yaml
 from transformers import WhisperConfig
 
-from kidwhisper.audio_context import BATCH, FULL, parse_context
 from kidwhisper.models.bundled import BUNDLED, BUNDLED_PREFIX
-from kidwhisper.models.lora import LINEAR_MODULES
-from kidwhisper.models.variants import VARIANTS, variant_of
+from kidwhisper.models.variants import LINEAR_MODULES, VARIANTS, variant_of
 from kidwhisper.schema import ConfigError, apply_override, build, fail, hint
+
+# The audio context: how many mel frames the encoder sees (models/short_input.py says why).
+FULL, BATCH = "full", "batch"
+MAX_CONTEXT_SECONDS = 30.0  # Whisper's window
+
+
+def parse_context(value: str | float | int) -> str | float:
+    """``full``, ``batch`` or a number of seconds in (0, 30]; raises ValueError otherwise."""
+    if isinstance(value, str) and value in (FULL, BATCH):
+        return value
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"audio context must be full, batch or seconds, not {value!r}") from None
+    if not 0 < seconds <= MAX_CONTEXT_SECONDS:
+        raise ValueError(f"audio context of {seconds} s is outside (0, 30]")
+    return seconds
 
 
 def _min(value: float) -> dict:

@@ -16,8 +16,10 @@ from typing import Any, Literal
 
 import yaml
 
+from kidwhisper.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """An invalid config: the message names the file and the key."""
 
 

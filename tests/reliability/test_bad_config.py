@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from kidwhisper.cli import main
+from kidwhisper.cli.main import main
 from kidwhisper.config import ConfigError, load_config
-from kidwhisper.data import read_manifest
-from kidwhisper.models.bundled import bundled_path
-from kidwhisper.sampling import make_sampler
+from kidwhisper.data.dataset import read_manifest
+from kidwhisper.data.sampling import make_sampler
+from kidwhisper.models.ct2 import bundled_path
 
 from ..conftest import QUICKSTART
 

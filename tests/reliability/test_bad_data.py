@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kidwhisper.audio import SAMPLE_RATE, load_audio
 from kidwhisper.config import load_config
-from kidwhisper.data import SpeechDataset, read_manifest, screen
-from kidwhisper.evaluation import evaluate
-from kidwhisper.problems import BadDataError, DataProblems
-from kidwhisper.scoring import score
-from kidwhisper.training import train
+from kidwhisper.data.audio import SAMPLE_RATE, load_audio
+from kidwhisper.data.dataset import SpeechDataset, read_manifest, screen
+from kidwhisper.data.problems import BadDataError, DataProblems
+from kidwhisper.inference.evaluation import evaluate
+from kidwhisper.inference.scoring import score
+from kidwhisper.training.loop import train
 
 from .conftest import build_manifest, corrupt
 

@@ -17,12 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from kidwhisper import checkpoint as ckpt
-from kidwhisper import faults, trainer
 from kidwhisper.config import load_config
-from kidwhisper.faults import TrainingError
-from kidwhisper.trainer import Run, batch_stream
-from kidwhisper.training import train
+from kidwhisper.data.dataset import split_batch
+from kidwhisper.training import checkpoint as ckpt
+from kidwhisper.training import faults
+from kidwhisper.training import run as trainer
+from kidwhisper.training.faults import TrainingError
+from kidwhisper.training.loop import train
+from kidwhisper.training.run import Run, batch_stream
 
 from ..conftest import REPO
 
@@ -90,16 +92,33 @@ def test_out_of_memory_halves_micro_batches_and_goes_on(monkeypatch, quickstart_
 
 def test_halved_micro_batches_give_the_same_update(quickstart_config):
     """Splitting a batch changes nothing but memory: the loss is summed over tokens and
-    divided by the window's count, so the gradients are the same sums."""
-    results = []
+    divided by the window's count, so the gradients are the same sums.
+
+    The claim is about the accumulated gradients, so they are compared (as the optimizer
+    receives them), not the weights after a step: Adam's first step is lr * sign(g) for
+    every weight whose gradient is tiny, which turns a last-bit difference from another
+    summation order (AVX2 vs AVX-512 kernels) into a difference of the learning rate's size.
+    Float32 sums in another order differ by about sqrt(n) * 6e-8 of their magnitude; a
+    wrong scale (a mean per micro-batch instead of one per window) differs by tens of %.
+    """
+    gradients = []
     for splits in (1, 4):
         config = load_config(None, [*quickstart_config, "training.precision=fp32"])
         run = Run(config)
         run.splits = splits
         run.model.train()
+        seen: list[torch.Tensor] = []
+
+        def keep(_optimizer, _args, _kwargs, seen=seen, model=run.model):
+            grads = [p.grad.detach().flatten() for p in model.parameters() if p.grad is not None]
+            seen.append(torch.cat(grads))
+
+        run.optimizer.register_step_pre_hook(keep)
         run.train_step(batch_stream(run.loader, run.sampler, run.position, run.problems))
-        results.append(torch.cat([p.detach().flatten() for p in run.model.parameters()]))
-    assert torch.allclose(results[0], results[1], atol=1e-6, rtol=0)
+        gradients.append(seen[0].double())
+    whole, split = gradients
+    assert whole.norm() > 0
+    assert (whole - split).norm() <= 1e-5 * whole.norm()
 
 
 def test_split_batch_keeps_every_clip_once():
@@ -112,7 +131,7 @@ def test_split_batch_keeps_every_clip_once():
         "input_features": torch.arange(5.0).view(5, 1),
         "labels": torch.arange(5).view(5, 1),
     }
-    parts = faults.split_batch(batch, 2)
+    parts = split_batch(batch, 2)
     assert [p["utterance_ids"] for p in parts] == [list("abc"), list("de")]
     assert torch.equal(torch.cat([p["input_features"] for p in parts]), batch["input_features"])
     assert [len(p["errors"]) for p in parts] == [1, 0]

@@ -1,6 +1,6 @@
-"""Whisper models: the variant table, the factory, bundled weights and the CT2 converter."""
+"""The models layer: the variant and bundled-weight registries, the factory, short encoder
+input, adapters (LoRA, freezing, merging), CTranslate2 import and export, averaging, memory.
 
-from kidwhisper.models.factory import ModelFactory, WhisperModel, load_model
-from kidwhisper.models.variants import VARIANTS, Variant, get_variant
-
-__all__ = ["VARIANTS", "ModelFactory", "Variant", "WhisperModel", "get_variant", "load_model"]
+Deliberately empty: importing a registry (`models.variants`, `models.bundled`) must not load
+the factory, because every layer may read the registries.
+"""

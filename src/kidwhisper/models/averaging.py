@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from kidwhisper.models import lora
+from kidwhisper.errors import UserError
+from kidwhisper.models import adapters as lora
 from kidwhisper.models.factory import load_model, load_state
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 WEIGHTS, INDEX = "model.safetensors", "model.safetensors.index.json"
 
 
-class AveragingError(ValueError):
+class AveragingError(UserError, ValueError):
     """Checkpoints that cannot be averaged (different architectures, bad weights)."""
 
 

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import struct
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,8 +26,9 @@ import numpy as np
 import torch
 from transformers import GenerationConfig, WhisperForConditionalGeneration
 
+from kidwhisper.data.text import special_tokens, tokenizer_from_json, with_timestamp_tokens
+from kidwhisper.models.bundled import cache_dir, ct2_files
 from kidwhisper.models.variants import Variant, variant_of
-from kidwhisper.text import special_tokens, tokenizer_from_json, with_timestamp_tokens
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +187,7 @@ def import_ct2(
     model.bin, concatenated in order) is given. Writes weights as safetensors plus the
     tokenizer, feature extractor and generation config, and returns the model.
     """
-    from kidwhisper.audio import feature_extractor
+    from kidwhisper.data.audio import feature_extractor
 
     src, out = Path(src), Path(out)
     parts = list(model_parts or [src / "model.bin"])
@@ -216,3 +220,38 @@ def import_ct2(
     feature_extractor(variant.n_mels).save_pretrained(out)
     log.info("converted %s (%s) to %s", src, variant.name, out)
     return model
+
+
+def bundled_path(name: str) -> Path:
+    """transformers folder of a bundled model, converting it on first use."""
+    target = cache_dir() / "models" / name
+    if not (target / "model.safetensors").is_file():
+        meta_dir, parts = ct2_files(name)
+        log.info("converting bundled:%s from CTranslate2 (once) into %s", name, target)
+        with _staging(target) as tmp:
+            import_ct2(meta_dir, tmp, model_parts=parts)
+    return target
+
+
+class _staging:
+    """Build a folder in a temporary sibling and rename it into place only when complete,
+    so an interrupted conversion never leaves a half-written cache entry."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __enter__(self) -> Path:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}-", dir=self.target.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        try:
+            os.replace(self.tmp, self.target)
+        except OSError:
+            if not self.target.exists():
+                raise
+            shutil.rmtree(self.tmp, ignore_errors=True)  # another process finished first

@@ -20,9 +20,11 @@ from pathlib import Path
 
 from transformers import WhisperTokenizerFast
 
-from kidwhisper.audio import feature_extractor
+from kidwhisper.data.audio import feature_extractor
+from kidwhisper.errors import UserError
 from kidwhisper.models.averaging import model_folder
-from kidwhisper.models.bundled import BUNDLED_PREFIX, bundled_path
+from kidwhisper.models.bundled import BUNDLED_PREFIX
+from kidwhisper.models.ct2 import bundled_path
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ TOKENIZER, PREPROCESSOR = "tokenizer.json", "preprocessor_config.json"
 LANGUAGE_TOKEN = re.compile(r"<\|[a-z]{2,3}\|>")
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """A source that cannot be exported (not a Whisper model, no tokenizer, no ctranslate2)."""
 
 

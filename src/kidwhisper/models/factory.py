@@ -13,17 +13,13 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration, WhisperTokenizerFast
 
-from kidwhisper.audio import feature_extractor
-from kidwhisper.audio_context import (
-    FULL,
-    enable_short_input,
-    parse_context,
-    record_context,
-    recorded_context,
-)
-from kidwhisper.models.bundled import BUNDLED_PREFIX, bundled_path, get_bundled
+from kidwhisper.config import FULL, parse_context
+from kidwhisper.data.audio import feature_extractor
+from kidwhisper.data.text import family_tokenizer, special_tokens
+from kidwhisper.models.bundled import BUNDLED_PREFIX, get_bundled
+from kidwhisper.models.ct2 import bundled_path
+from kidwhisper.models.short_input import enable_short_input, record_context, recorded_context
 from kidwhisper.models.variants import Variant, get_variant, variant_of
-from kidwhisper.text import family_tokenizer, special_tokens
 
 if TYPE_CHECKING:
     from kidwhisper.config import Config
@@ -172,12 +168,19 @@ class ModelFactory:
 
 
 def load_model(
-    source: str, variant: str | None = None, audio_context: str | float | None = None
+    source: str,
+    variant: str | None = None,
+    audio_context: str | float | None = None,
+    language: str = "en",
+    task: str = "transcribe",
 ) -> WhisperModel:
-    """Load any source without a config; the variant is read from the weights when unset."""
+    """Load any source without a config; the variant is read from the weights when unset.
+    The packaged submission's main.py loads its model through here too."""
     if variant is None:
         variant = _detect_variant(source)
-    return WhisperModel(variant=variant, pretrained=source, audio_context=audio_context).load()
+    return WhisperModel(
+        variant, source, language=language, task=task, audio_context=audio_context
+    ).load()
 
 
 def _detect_variant(source: str) -> str:

@@ -1,4 +1,4 @@
-"""The Whisper variants: their real dimensions, as published with openai/whisper.
+"""The registry of Whisper variants: their real dimensions, as published with openai/whisper.
 
 Every size-dependent number in kidwhisper (mel bins, vocabulary, widths, memory estimates)
 comes from this table, so no variant is hard-coded anywhere else.
@@ -14,6 +14,9 @@ from transformers import WhisperConfig
 VOCAB_ENGLISH = 51864  # *.en models: GPT-2 vocabulary, no language or task tokens used
 VOCAB_MULTILINGUAL = 51865  # tiny ... large-v2: 99 languages
 VOCAB_V3 = 51866  # large-v3 and turbo: 100 languages (adds <|yue|>)
+
+# Whisper's linear layers, by their transformers names (LoRA targets, model.lora).
+LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
 
 @dataclass(frozen=True)

@@ -21,31 +21,26 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 STARTED = time.perf_counter()  # before the heavy imports: loading counts them
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the shipped kidwhisper, never an installed one
 for _flag in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-    os.environ.setdefault(_flag, "1")  # no internet: never wait on the Hub
+    os.environ.setdefault(_flag, "1")  # no internet: never wait on the Hub (before transformers)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 import transformers
-from transformers import WhisperForConditionalGeneration, WhisperTokenizerFast
 
 import kidwhisper
-from kidwhisper.audio_context import FULL, enable_short_input, recorded_context
-from kidwhisper.data import Utterance, clip_seconds
-from kidwhisper.decoding import DecodingOptions
-from kidwhisper.inference import by_length, transcribe
-from kidwhisper.models.variants import VOCAB_ENGLISH
-from kidwhisper.text import SpecialTokens, special_tokens
+from kidwhisper.data.dataset import Utterance, clip_seconds
+from kidwhisper.device import pick_device
+from kidwhisper.inference.batching import by_length, transcribe
+from kidwhisper.inference.decoding import DecodingOptions
+from kidwhisper.models.factory import WhisperModel, load_model
+from kidwhisper.submission.common import FORMAT, METADATA, MODEL_DIR, SETTINGS_FILE, SUBMISSION
 
-SETTINGS_FILE = "kidwhisper_settings.json"
-MODEL_DIR = "model"
-SUBMISSION = Path("submission") / "submission.jsonl"
 TEST_CLIPS = 214_000  # the competition's test set, to be decoded in at most 2 hours
 LOG_LINES = 90  # budget for ordinary log lines; the final summary always gets through
 CLIP_WARNINGS = 20  # at most this many lines about single clips
@@ -114,7 +109,7 @@ def read_inputs(data: Path) -> tuple[list[str], list[Utterance], int]:
     """The ids to write (submission_format order), the utterances to decode, and how many
     ids have no usable metadata line."""
     ids = []
-    for number, row in jsonl_rows(data / "submission_format.jsonl"):
+    for number, row in jsonl_rows(data / FORMAT):
         uid = row.get("utterance_id") if isinstance(row, dict) else None
         if isinstance(uid, str):
             ids.append(uid)
@@ -122,7 +117,7 @@ def read_inputs(data: Path) -> tuple[list[str], list[Utterance], int]:
             log.warning("submission_format.jsonl:%d: no utterance_id; line skipped", number)
     wanted = set(ids)
     found: dict[str, Utterance] = {}
-    for number, row in jsonl_rows(data / "utterance_metadata.jsonl"):
+    for number, row in jsonl_rows(data / METADATA):
         if not isinstance(row, dict) or row.get("utterance_id") not in wanted:
             continue
         uid, audio = row["utterance_id"], row.get("audio_path")
@@ -148,47 +143,29 @@ def read_settings() -> dict:
 # --- model -------------------------------------------------------------------------------
 
 
-@dataclass
-class ShippedModel:
-    """The attributes of kidwhisper's `WhisperModel` that `inference.transcribe` reads."""
-
-    model: WhisperForConditionalGeneration
-    tokenizer: WhisperTokenizerFast
-    special: SpecialTokens
-    n_mels: int
-    audio_context: str | float
-
-
-def pick_device(settings: dict) -> tuple[torch.device, torch.dtype]:
-    if torch.cuda.is_available():
-        dtype = CUDA_DTYPES[settings.get("cuda_dtype", "float16")]
-        return torch.device("cuda"), dtype
-    log.warning("no GPU available: falling back to the CPU in float32 (much slower)")
-    return torch.device("cpu"), torch.float32
-
-
-def load_model(folder: Path, settings: dict, device: torch.device, dtype: torch.dtype):
-    model = WhisperForConditionalGeneration.from_pretrained(folder)
-    model.to(device=device, dtype=dtype).eval()
-    enable_short_input(model)  # the encoder takes fewer than 3000 frames
-    tokenizer = WhisperTokenizerFast.from_pretrained(folder)
-    config = model.config
-    special = special_tokens(
-        tokenizer,
-        multilingual=config.vocab_size != VOCAB_ENGLISH,
-        vocab_size=config.vocab_size,
+def load(folder: Path, settings: dict) -> WhisperModel:
+    """The shipped model, loaded by kidwhisper's own loader (as `evaluate` loads it), on the
+    GPU in `cuda_dtype` when there is one, else on the CPU in float32."""
+    wm = load_model(
+        str(folder),
+        settings.get("variant"),
         language=settings.get("language", "en"),
         task=settings.get("task", "transcribe"),
     )
-    context = recorded_context(config) or FULL
-    return ShippedModel(model, tokenizer, special, config.num_mel_bins, context)
+    device = pick_device("auto")
+    dtype = CUDA_DTYPES[settings.get("cuda_dtype", "float16")]
+    if device.type != "cuda":
+        log.warning("no GPU available: falling back to the CPU in float32 (much slower)")
+        dtype = torch.float32
+    wm.model.to(device=device, dtype=dtype).eval()
+    return wm
 
 
 # --- decoding ----------------------------------------------------------------------------
 
 
 def decode(
-    wm: ShippedModel,
+    wm: WhisperModel,
     utterances: list[Utterance],
     batch_size: int,
     options: DecodingOptions,
@@ -228,7 +205,7 @@ def decode(
 
 
 def one_by_one(
-    wm: ShippedModel, utterances: list[Utterance], options: DecodingOptions
+    wm: WhisperModel, utterances: list[Utterance], options: DecodingOptions
 ) -> tuple[dict[str, str], list[tuple[str, str]]]:
     texts: dict[str, str] = {}
     errors: list[tuple[str, str]] = []
@@ -264,7 +241,7 @@ def main() -> int:
         raise RuntimeError(f"kidwhisper was imported from {shipped}, not from {HERE}")
     settings = read_settings()
     data = Path.cwd() / "data"
-    if not (data / "submission_format.jsonl").is_file():
+    if not (data / FORMAT).is_file():
         data = HERE.parent / "data"
     ids, utterances, missing = read_inputs(data)
     log.info(
@@ -274,8 +251,8 @@ def main() -> int:
         missing,
     )
 
-    device, dtype = pick_device(settings)
-    wm = load_model(HERE / MODEL_DIR, settings, device, dtype)
+    wm = load(HERE / MODEL_DIR, settings)
+    device, dtype = wm.model.device, wm.model.dtype
     workers = settings.get("num_workers")
     if workers is None:  # audio reading in parallel only when a GPU does the decoding
         workers = min(4, max(0, (os.cpu_count() or 1) - 1)) if device.type == "cuda" else 0

@@ -29,33 +29,44 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 import kidwhisper
+from kidwhisper.submission.common import MODEL_DIR, SETTINGS_FILE, SubmissionError, unsafe_member
 
 if TYPE_CHECKING:
-    from kidwhisper.decoding import DecodingOptions
+    from kidwhisper.inference.decoding import DecodingOptions
 
 PACKAGE_ROOT = Path(kidwhisper.__file__).resolve().parent
 MAIN_TEMPLATE = Path(__file__).resolve().parent / "main_template.py"
-SETTINGS_FILE = "kidwhisper_settings.json"  # main_template.py reads the same names
-MODEL_DIR = "model"
 
-# The modules `inference.transcribe` needs, and what they import (text.py reads a constant
-# from models/variants.py). The two packages are shipped as stubs so that importing a
-# module does not import the whole of kidwhisper.
-SHIPPED_MODULES = (
-    "kidwhisper.audio",
-    "kidwhisper.audio_context",
+# What main.py imports (the model loader `models.factory.load_model`, `inference.transcribe`)
+# and everything they import, even inside functions: `check_imports` proves the list whole.
+# The packages' __init__ files define nothing, so importing a module loads only its own
+# imports, never the whole of kidwhisper.
+SHIPPED_PACKAGES = (
+    "kidwhisper",
     "kidwhisper.data",
-    "kidwhisper.decoding",
+    "kidwhisper.models",
     "kidwhisper.inference",
-    "kidwhisper.problems",
-    "kidwhisper.text",
-    "kidwhisper.models.variants",
+    "kidwhisper.submission",
 )
-STUB_PACKAGES = {
-    "kidwhisper": f'"""kidwhisper, packaged for a competition submission: only the modules '
-    f'inference needs."""\n\n__version__ = "{kidwhisper.__version__}"\n',
-    "kidwhisper.models": '"""Only the variant table is shipped in a submission."""\n',
-}
+SHIPPED_MODULES = (
+    "kidwhisper.config",
+    "kidwhisper.schema",
+    "kidwhisper.errors",
+    "kidwhisper.device",
+    "kidwhisper.data.audio",
+    "kidwhisper.data.augment",
+    "kidwhisper.data.dataset",
+    "kidwhisper.data.problems",
+    "kidwhisper.data.text",
+    "kidwhisper.models.variants",
+    "kidwhisper.models.bundled",
+    "kidwhisper.models.ct2",
+    "kidwhisper.models.factory",
+    "kidwhisper.models.short_input",
+    "kidwhisper.inference.decoding",
+    "kidwhisper.inference.batching",
+    "kidwhisper.submission.common",
+)
 # Third-party packages of the competition runtime (Python 3.11, torch, transformers, peft,
 # librosa, soundfile, numpy) and what they install with them.
 RUNTIME_PACKAGES = frozenset(
@@ -77,26 +88,22 @@ RUNTIME_PACKAGES = frozenset(
 )
 
 
-class SubmissionError(ValueError):
-    """A submission that cannot be built, unpacked or run; the message says why."""
-
-
 # --- the shipped code --------------------------------------------------------------------
 
 
 def module_file(module: str) -> str:
-    """Path inside the zip of a module or (for a stub) package: kidwhisper/models/variants.py."""
+    """Path inside the zip of a module or package: kidwhisper/models/variants.py."""
     parts = module.split(".")
-    if module in STUB_PACKAGES:
+    if module in SHIPPED_PACKAGES:
         return "/".join([*parts, "__init__.py"])
     return "/".join(parts) + ".py"
 
 
 def shipped_sources() -> dict[str, str]:
     """Module name -> source text of everything shipped under kidwhisper/."""
-    sources = dict(STUB_PACKAGES)
-    for module in SHIPPED_MODULES:
-        relative = Path(*module.split(".")[1:]).with_suffix(".py")
+    sources = {}
+    for module in (*SHIPPED_PACKAGES, *SHIPPED_MODULES):
+        relative = Path(module_file(module)).relative_to("kidwhisper")
         sources[module] = (PACKAGE_ROOT / relative).read_text(encoding="utf-8")
     return sources
 
@@ -143,10 +150,10 @@ def _imports(module: str, source: str, is_package: bool) -> list[tuple[int, str,
 def check_imports(sources: dict[str, str], main: str | None = None) -> None:
     """Fail unless every import of the shipped code can be satisfied in the runtime.
 
-    `sources` maps module names (kidwhisper.data, kidwhisper for the package) to source text;
-    `main` is main.py's. Every `kidwhisper.*` import, even one inside a function, must name
-    a shipped module (from a stub package, only its shipped submodules can be imported). Any
-    other import that runs when the module is imported must be in the standard library or
+    `sources` maps module names (kidwhisper.data.dataset; kidwhisper for the package) to
+    source text; `main` is main.py's. Every `kidwhisper.*` import, even one inside a
+    function, must name a shipped module (a package's __init__ defines nothing: only its
+    shipped submodules can be imported). Any other import that runs when the module is imported must be in the standard library or
     `RUNTIME_PACKAGES`; imports inside functions are left alone there (they are how
     kidwhisper reaches optional packages, e.g. the bundled weights, that inference never uses).
     """
@@ -155,7 +162,7 @@ def check_imports(sources: dict[str, str], main: str | None = None) -> None:
         files.append(("__main__", "main.py", main))
     problems = []
     for module, path, source in files:
-        for line, name, names, on_import in _imports(module, source, module in STUB_PACKAGES):
+        for line, name, names, on_import in _imports(module, source, module in SHIPPED_PACKAGES):
             problems += _problems(f"{path}:{line}", name, names, on_import, sources)
     if problems:
         raise SubmissionError(
@@ -177,13 +184,14 @@ def _problems(
         return []
     if name not in sources:
         return [f"{where} imports {name}, which is not in the submission"]
-    if name not in STUB_PACKAGES:
+    if name not in SHIPPED_PACKAGES:
         return []
-    missing = [n for n in names if f"{name}.{n}" not in sources]
-    if missing:  # the stub defines nothing: only its shipped submodules can be imported
+    defined = {"__version__"} if name == "kidwhisper" else set()
+    missing = [n for n in names if f"{name}.{n}" not in sources and n not in defined]
+    if missing:  # a package's __init__ defines nothing: only its shipped submodules
         return [
-            f"{where} imports {', '.join(missing)} from {name}, which is only a stub in the "
-            f"submission (no {', '.join(f'{name}.{n}' for n in missing)} module is shipped)"
+            f"{where} imports {', '.join(missing)} from {name}, a package that defines "
+            f"nothing (no {', '.join(f'{name}.{n}' for n in missing)} module is shipped)"
         ]
     return []
 
@@ -235,11 +243,10 @@ def package_submission(
     each clip's padding, which moves the WER. A larger batch is faster on a GPU; measure
     its WER with `kidwhisper evaluate --batch-size` or `run-submission` first.
     """
-    from kidwhisper.audio_context import parse_context, record_context
-    from kidwhisper.config import EvaluationConfig
-    from kidwhisper.evaluation import decoding_options
-    from kidwhisper.models import load_model
-    from kidwhisper.submission.runner import unsafe_member
+    from kidwhisper.config import EvaluationConfig, parse_context
+    from kidwhisper.inference.evaluation import decoding_options
+    from kidwhisper.models.factory import load_model
+    from kidwhisper.models.short_input import record_context
 
     start = time.perf_counter()
     batch_size = EvaluationConfig.batch_size if batch_size is None else batch_size

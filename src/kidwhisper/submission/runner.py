@@ -22,13 +22,18 @@ import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
-from kidwhisper.submission.package import SubmissionError
+from kidwhisper.inference.scoring import percent
+from kidwhisper.submission.common import (
+    FORMAT,
+    METADATA,
+    OFFLINE_ENV,
+    SUBMISSION,
+    SubmissionError,
+    unsafe_member,
+)
 
-METADATA = "utterance_metadata.jsonl"
-FORMAT = "submission_format.jsonl"
-SUBMISSION = Path("submission") / "submission.jsonl"
 RUNTIME_LOG_LINES = 500  # the runtime keeps no more of the log
 MAX_REASONS = 10
 KEPT_ENV = (
@@ -47,21 +52,9 @@ KEPT_ENV = (
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
 )
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 # --- unpacking ---------------------------------------------------------------------------
-
-
-def unsafe_member(name: str) -> str | None:
-    """Why a zip member name would land outside the folder it is unpacked into, or None."""
-    if not name or "\0" in name:
-        return "empty name or NUL byte"
-    if name.startswith(("/", "\\")) or PureWindowsPath(name).drive:
-        return "absolute path"
-    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
-        return "'..' in its path"
-    return None
 
 
 def extract_zip(zip_path: str | Path, target: Path) -> list[str]:
@@ -99,7 +92,7 @@ def runtime_layout(manifest: str | Path, out_dir: str | Path) -> Path:
     """Lay a competition-schema manifest out as the runtime's `data/` folder:
     utterance_metadata.jsonl (every field but the text), submission_format.jsonl (empty
     texts, manifest order) and the audio, symlinked at the same relative paths."""
-    from kidwhisper.data import read_manifest
+    from kidwhisper.data.dataset import read_manifest
 
     manifest, out_dir = Path(manifest), Path(out_dir)
     read_manifest(manifest, require_text=False)  # fails on a bad line, naming it
@@ -252,8 +245,8 @@ class SubmissionReport:
             f"network: {self.network}",
         ]
         if self.wer is not None:
-            lines.append(f"WER {100 * self.wer:.2f}%")
-            lines += [f"  age {age}: {100 * wer:.2f}%" for age, wer in self.wer_by_age.items()]
+            lines.append(f"WER {percent(self.wer)}")
+            lines += [f"  age {age}: {percent(wer)}" for age, wer in self.wer_by_age.items()]
         lines += [f"warning: {warning}" for warning in self.warnings]
         if not self.valid and self.log_tail:
             lines += ["last lines of the log:", *(f"  | {line}" for line in self.log_tail)]
@@ -262,7 +255,7 @@ class SubmissionReport:
 
 def _references(manifest: Path):
     """The manifest's utterances if every one has a reference text, else None."""
-    from kidwhisper.data import ManifestError, read_manifest
+    from kidwhisper.data.dataset import ManifestError, read_manifest
 
     try:
         return read_manifest(manifest, require_text=True)
@@ -359,7 +352,7 @@ def run_submission(
 
 def _score(report: SubmissionReport, references, texts: dict[str, str]) -> None:
     """The competition WER of the submission, overall and per age bucket."""
-    from kidwhisper.scoring import score
+    from kidwhisper.inference.scoring import score
 
     overall, by_age = score(
         [u.text for u in references],

@@ -3,11 +3,13 @@
 Any sample rate and channel count is read (soundfile/libsndfile: FLAC, WAV, OGG, MP3...),
 mixed down to mono and resampled to Whisper's 16 kHz with soxr. Features are the
 transformers `WhisperFeatureExtractor`'s log-mel spectrogram, with the variant's 80 or 128
-mel bins, padded to Whisper's 30-second window or to a shorter one (audio_context.py).
+mel bins, padded to Whisper's 30-second window or to a shorter one (`clip_frames`, for the
+audio context `model.audio_context`).
 """
 
 from __future__ import annotations
 
+import math
 from functools import cache
 from pathlib import Path
 
@@ -16,10 +18,15 @@ import soundfile as sf
 import soxr
 from transformers import WhisperFeatureExtractor
 
+from kidwhisper.config import BATCH, FULL
+from kidwhisper.errors import UserError
+
 SAMPLE_RATE = 16_000
 HOP_LENGTH = 160
 CHUNK_SECONDS = 30
 N_FRAMES = CHUNK_SECONDS * SAMPLE_RATE // HOP_LENGTH  # 3000 mel frames in a 30 s window
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames per second
+STEP_FRAMES = 200  # per-batch contexts are multiples of 2 s: at most 15 distinct shapes
 SILENCE_BELOW_MAX = 2.0  # zero padding's log-mel value, below the clip's maximum
 
 
@@ -28,7 +35,7 @@ MISSING, EMPTY_FILE, NOT_AUDIO, TRUNCATED = "missing audio", "empty file", "not 
 NO_SAMPLES, NOT_FINITE = "no samples", "NaN or inf samples"
 
 
-class AudioError(ValueError):
+class AudioError(UserError, ValueError):
     """A clip that cannot be used, with the file named in the message; `reason` is one of
     the categories above."""
 
@@ -93,3 +100,19 @@ def log_mel(audio: np.ndarray, n_mels: int, frames: int = N_FRAMES) -> np.ndarra
         max_length=frames * HOP_LENGTH,
     ).input_features
     return features[0]
+
+
+def clip_frames(context: str | float, num_samples: int) -> int:
+    """Mel frames to compute for a clip of `num_samples` 16 kHz samples under `context`.
+
+    Under ``batch`` the clip gets its own length plus two frames (so its last frame sees
+    the same zero padding as in a 30 s window), rounded up to `STEP_FRAMES`; a batch then
+    takes its widest clip's frames (see `data.dataset.WhisperCollator`).
+    """
+    if context == FULL:
+        return N_FRAMES
+    if context == BATCH:
+        needed = num_samples // HOP_LENGTH + 2
+        return min(N_FRAMES, math.ceil(needed / STEP_FRAMES) * STEP_FRAMES)
+    frames = math.ceil(float(context) * FRAMES_PER_SECOND / 2) * 2  # the encoder wants even
+    return min(N_FRAMES, frames)

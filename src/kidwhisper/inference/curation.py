@@ -32,18 +32,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kidwhisper.data import Utterance, read_manifest
-from kidwhisper.problems import HIGH_WER, UNDECODABLE, DataProblems
-from kidwhisper.weighting import bucket
+from kidwhisper.data.dataset import Utterance, read_manifest
+from kidwhisper.data.problems import HIGH_WER, UNDECODABLE, DataProblems
+from kidwhisper.data.weighting import bucket
+from kidwhisper.errors import UserError
 
 if TYPE_CHECKING:
-    from kidwhisper.decoding import DecodingOptions
-    from kidwhisper.models import WhisperModel
+    from kidwhisper.inference.decoding import DecodingOptions
+    from kidwhisper.models.factory import WhisperModel
 
 log = logging.getLogger(__name__)
 
 
-class CurationError(ValueError):
+class CurationError(UserError, ValueError):
     """A filter or split that cannot be done as asked; the message says why."""
 
 
@@ -136,8 +137,8 @@ def filter_by_wer(
 ) -> FilterReport:
     """Keep the entries of `manifest` that `wm` transcribes with WER <= `max_wer`; write them
     to `out` and a JSON report of the rest (default: `out` with `.report.json`)."""
-    from kidwhisper.evaluation import transcribe
-    from kidwhisper.scoring import utterance_wer
+    from kidwhisper.inference.evaluation import transcribe
+    from kidwhisper.inference.scoring import utterance_wer
 
     manifest, out = Path(manifest), Path(out)
     report = _check_filter(manifest, out, report, max_wer, force)
@@ -304,8 +305,8 @@ def split_manifest(
 
 def filter_command(args) -> list[str]:
     """`kidwhisper filter MODEL MANIFEST --max-wer W --out OUT`: the summary lines."""
-    from kidwhisper.distributed import pick_device
-    from kidwhisper.models import load_model
+    from kidwhisper.device import pick_device
+    from kidwhisper.models.factory import load_model
 
     out = Path(args.out)  # the arguments are checked before a model loads
     report = _check_filter(Path(args.manifest), out, args.report, args.max_wer, args.force)

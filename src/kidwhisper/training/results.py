@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kidwhisper.augment import describe
 from kidwhisper.config import Config
+from kidwhisper.data.augment import describe
+from kidwhisper.inference.scoring import percent
 
 
 def plot_learning_curve(metrics: dict, path: Path) -> Path:
@@ -32,11 +33,6 @@ def plot_learning_curve(metrics: dict, path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
-
-
-def percent(value: float | None) -> str:
-    """A WER as the CLI and results.md print it: `21.24%`, or `n/a` when not measured."""
-    return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
 def _guard_line(config: Config, after: dict) -> list[str]:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from kidwhisper import distributed, faults
 from kidwhisper.config import Config
-from kidwhisper.distributed import peak_memory_mb
-from kidwhisper.models import WhisperModel
-from kidwhisper.trainer import Run, TrainState, batch_stream
+from kidwhisper.device import peak_memory_mb
+from kidwhisper.models.factory import WhisperModel
+from kidwhisper.training import distributed, faults
+from kidwhisper.training.run import Run, TrainState, batch_stream
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,15 @@ from pathlib import Path
 
 import torch
 
-from kidwhisper.checkpoint import code_version
 from kidwhisper.config import Config, dump_config, load_config
-from kidwhisper.problems import DataProblems
-from kidwhisper.results import percent, plot_learning_curve, results_markdown, trainable_share
+from kidwhisper.data.problems import DataProblems
+from kidwhisper.inference.scoring import percent
+from kidwhisper.training.checkpoint import code_version
+from kidwhisper.training.results import (
+    plot_learning_curve,
+    results_markdown,
+    trainable_share,
+)
 
 
 class ExperimentExistsError(FileExistsError):
@@ -90,11 +95,11 @@ def run_experiment(config: Config, overwrite: bool = False, resume: bool = False
     results.md after every evaluation (so a run that dies still leaves its figures), the dev
     predictions, and the final model in transformers layout under checkpoints/<name>/final.
     """
-    from kidwhisper.checkpoint import checkpoints, latest_checkpoint
-    from kidwhisper.distributed import pick_device, pick_dtype
-    from kidwhisper.evaluation import save_predictions
+    from kidwhisper.device import pick_device, pick_dtype
+    from kidwhisper.inference.evaluation import save_predictions
     from kidwhisper.models.averaging import average_checkpoints
-    from kidwhisper.training import train
+    from kidwhisper.training.checkpoint import checkpoints, latest_checkpoint
+    from kidwhisper.training.loop import train
 
     experiment = Experiment(config)
     is_main = int(os.environ.get("RANK", "0")) == 0
@@ -165,10 +170,10 @@ def run_experiment(config: Config, overwrite: bool = False, resume: bool = False
 def evaluate_average(config: Config, experiment: Experiment, sources: list, device) -> dict:
     """Score the averaged final model on data.eval (and the guard set) as the run's own
     evaluations are scored; its predictions go to predictions_average.jsonl."""
-    from kidwhisper.checkpoint import checkpoint_step
-    from kidwhisper.evaluation import decoding_options, evaluate, save_predictions
-    from kidwhisper.models import load_model
-    from kidwhisper.trainer import load_utterances
+    from kidwhisper.inference.evaluation import decoding_options, evaluate, save_predictions
+    from kidwhisper.models.factory import load_model
+    from kidwhisper.training.checkpoint import checkpoint_step
+    from kidwhisper.training.run import load_utterances
 
     wm = load_model(str(experiment.model_dir))
     wm.model.to(device)
@@ -189,7 +194,7 @@ TEMPLATES = "templates"
 RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
 MAIN_PY = '''"""Run this experiment: python -m experiments.{name}.main (or torchrun ... -m)."""
 
-from kidwhisper.experiments import run_folder
+from kidwhisper.training.experiments import run_folder
 
 run_folder(__file__)
 '''

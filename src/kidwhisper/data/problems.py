@@ -22,6 +22,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
+from kidwhisper.errors import UserError
+
 log = logging.getLogger(__name__)
 
 Policy = Literal["skip", "fail"]
@@ -37,7 +39,7 @@ SILENCE_PEAK = 1e-4  # below -80 dBFS at its loudest sample: nothing to transcri
 MAX_LOGGED = 20  # entries named in the log one by one; the rest only counted
 
 
-class BadDataError(ValueError):
+class BadDataError(UserError, ValueError):
     """A bad entry under the `fail` policy; the message names the file and line."""
 
 

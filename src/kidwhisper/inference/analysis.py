@@ -22,7 +22,9 @@ from pathlib import Path
 
 import jiwer
 
-from kidwhisper.scoring import WerReport, normalize, score
+from kidwhisper.data.text import normalize
+from kidwhisper.errors import UserError
+from kidwhisper.inference.scoring import WerReport, percent, score
 
 # Clip-length bins: (label, upper bound in seconds, exclusive), in display order.
 LENGTH_BINS: tuple[tuple[str, float], ...] = (
@@ -31,7 +33,7 @@ LENGTH_BINS: tuple[tuple[str, float], ...] = (
 UNKNOWN = "unknown"
 
 
-class ScoreInputError(ValueError):
+class ScoreInputError(UserError, ValueError):
     """A predictions or reference file that cannot be scored; the message names file and line."""
 
 
@@ -251,11 +253,6 @@ def analyse_files(predictions: str | Path, references: str | Path) -> Analysis:
 # ---------------------------------------------------------------------------- output
 
 
-def pct(value: float) -> str:
-    """A rate as a percentage; `n/a` for NaN (no reference words)."""
-    return "n/a" if math.isnan(value) else f"{100 * value:.2f}%"
-
-
 def id_list(ids: list[str], n: int) -> str:
     """Up to `n` ids, comma-separated, and how many more there are."""
     more = f" ... and {len(ids) - n} more" if len(ids) > n else ""
@@ -266,12 +263,12 @@ def summary_lines(result: Analysis, n: int = 10) -> list[str]:
     """The plain-text summary `kidwhisper score` prints: WER, breakdowns, top errors."""
     o = result.overall
     lines = [
-        f"WER {pct(o.wer)} on {o.utterances} utterances ({o.reference_words} reference words: "
+        f"WER {percent(o.wer)} on {o.utterances} utterances ({o.reference_words} reference words: "
         f"{o.substitutions} substitutions, {o.deletions} deletions, {o.insertions} insertions)"
     ]
     for name, groups in (("age", result.by_age), ("length", result.by_length)):
         lines += [
-            f"  {name} {k}: {pct(r.wer)} ({r.utterances} utterances)" for k, r in groups.items()
+            f"  {name} {k}: {percent(r.wer)} ({r.utterances} utterances)" for k, r in groups.items()
         ]
     if result.missing_ids:
         lines.append(
@@ -286,7 +283,7 @@ def summary_lines(result: Analysis, n: int = 10) -> list[str]:
     lines.append("worst utterances:")
     for u in result.worst(n):
         plural = "" if u.errors == 1 else "s"
-        lines.append(f"  {_label(u)}: {u.errors} error{plural}, WER {pct(u.wer)}")
+        lines.append(f"  {_label(u)}: {u.errors} error{plural}, WER {percent(u.wer)}")
         lines += [f"    ref: {_shown(u.reference)}", f"    hyp: {_shown(u.hypothesis)}"]
     return lines
 
@@ -311,7 +308,15 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 def _group_table(title: str, groups: dict[str, WerReport]) -> list[str]:
     header = [title, "utterances", "reference words", "WER", "subs", "dels", "ins"]
     rows = [
-        [k, r.utterances, r.reference_words, pct(r.wer), r.substitutions, r.deletions, r.insertions]
+        [
+            k,
+            r.utterances,
+            r.reference_words,
+            percent(r.wer),
+            r.substitutions,
+            r.deletions,
+            r.insertions,
+        ]
         for k, r in groups.items()
     ]
     return _table(header, rows)
@@ -335,7 +340,9 @@ def write_chart(result: Analysis, path: str | Path) -> Path | None:
         values = [0.0 if math.isnan(r.wer) else 100 * r.wer for r in groups.values()]
         # numeric positions: string categories like "5-7" would be parsed as dates
         bars = ax.bar(range(len(values)), values, tick_label=list(groups), color="tab:blue")
-        ax.bar_label(bars, [f"{pct(r.wer)}\nn={r.utterances}" for r in groups.values()], fontsize=8)
+        ax.bar_label(
+            bars, [f"{percent(r.wer)}\nn={r.utterances}" for r in groups.values()], fontsize=8
+        )
         ax.axhline(100 * result.overall.wer, color="tab:red", linestyle="--", label="overall")
         ax.set(title=f"WER by {title}", xlabel=title, ylabel="WER (%)")
         ax.set_ylim(0, max([*values, 100 * result.overall.wer]) * 1.25 + 1)
@@ -370,7 +377,16 @@ def _overview_md(result: Analysis, n: int) -> list[str]:
     o = result.overall
     md = _table(
         ["WER", "utterances", "reference words", "substitutions", "deletions", "insertions"],
-        [[pct(o.wer), o.utterances, o.reference_words, o.substitutions, o.deletions, o.insertions]],
+        [
+            [
+                percent(o.wer),
+                o.utterances,
+                o.reference_words,
+                o.substitutions,
+                o.deletions,
+                o.insertions,
+            ]
+        ],
     )
     md += ["", "Texts are compared after the competition normaliser, as the metric does.", ""]
     notes = (
@@ -393,7 +409,7 @@ def _errors_md(result: Analysis, n: int) -> list[str]:
         rows = [[c, w] for w, c in top(counter, n)]
         md += [f"## Top {name}", "", *_table(["count", "word"], rows), ""]
     worst = [
-        [_label(u), u.errors, pct(u.wer), _shown(u.reference), _shown(u.hypothesis)]
+        [_label(u), u.errors, percent(u.wer), _shown(u.reference), _shown(u.hypothesis)]
         for u in result.worst(n)
     ]
     md += ["## Worst utterances", ""]

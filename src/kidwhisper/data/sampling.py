@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Sampler
 
 from kidwhisper.config import ConfigError, TrainingConfig
-from kidwhisper.data import Utterance, clip_seconds
+from kidwhisper.data.dataset import Utterance, clip_seconds
 
 
 class ResumableBatchSampler(Sampler[list[int]]):

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import load_file, save_file
 
+from kidwhisper.errors import UserError
+
 if TYPE_CHECKING:
     from kidwhisper.config import Config
     from kidwhisper.config import LoraConfig as LoraSettings
@@ -36,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 PARTS = ("encoder", "decoder")
 ADAPTER_DIR = "adapter"
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -46,7 +47,7 @@ NAME = "default"  # PEFT's adapter name inside the model's keys
 PEFT_PREFIX = "base_model.model."  # PEFT's key prefix in adapter files
 
 
-class LoraError(ValueError):
+class LoraError(UserError, ValueError):
     """An adapter that cannot be merged (no base, or one that does not fit)."""
 
 

@@ -15,8 +15,8 @@ from kidwhisper.config import EvaluationConfig, load_config
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from kidwhisper.experiments import run_experiment
-    from kidwhisper.results import percent
+    from kidwhisper.inference.scoring import percent
+    from kidwhisper.training.experiments import run_experiment
 
     config = load_config(args.config, args.overrides)
     metrics = run_experiment(config, overwrite=args.overwrite, resume=args.resume)
@@ -39,11 +39,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from kidwhisper.data import read_manifest
-    from kidwhisper.distributed import pick_device
-    from kidwhisper.evaluation import decoding_options, evaluate, save_predictions
-    from kidwhisper.models import load_model
-    from kidwhisper.results import percent
+    from kidwhisper.data.dataset import read_manifest
+    from kidwhisper.device import pick_device
+    from kidwhisper.inference.evaluation import decoding_options, evaluate, save_predictions
+    from kidwhisper.inference.scoring import percent
+    from kidwhisper.models.factory import load_model
 
     wm = load_model(args.model, args.variant, args.audio_context)
     wm.model.to(pick_device(args.device))
@@ -63,10 +63,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from kidwhisper.distributed import pick_device
-    from kidwhisper.evaluation import decoding_options
-    from kidwhisper.models import load_model
-    from kidwhisper.transcription import InputError, output_format, transcribe_to_file
+    from kidwhisper.device import pick_device
+    from kidwhisper.inference.evaluation import decoding_options
+    from kidwhisper.inference.transcription import InputError, output_format, transcribe_to_file
+    from kidwhisper.models.factory import load_model
 
     try:
         fmt = output_format(args.out, args.format)  # before minutes of loading and decoding
@@ -92,7 +92,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from kidwhisper.analysis import analyse_files, id_list, summary_lines, write_report
+    from kidwhisper.inference.analysis import analyse_files, id_list, summary_lines, write_report
 
     result = analyse_files(args.predictions, args.reference)
     print("\n".join(summary_lines(result, args.top)))
@@ -112,7 +112,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_curation(args: argparse.Namespace) -> int:
     """`filter` and `split`: the work is curation.py's, the summary is printed here."""
-    from kidwhisper import curation
+    from kidwhisper.inference import curation
 
     print("\n".join(curation.COMMANDS[args.command](args)))
     return 0
@@ -144,14 +144,14 @@ def cmd_average(args: argparse.Namespace) -> int:
 
 
 def cmd_merge_lora(args: argparse.Namespace) -> int:
-    from kidwhisper.models.lora import merge_lora
+    from kidwhisper.models.adapters import merge_lora
 
     print(f"merged into {merge_lora(args.checkpoint, Path(args.out), args.base)}")
     return 0
 
 
 def cmd_new_experiment(args: argparse.Namespace) -> int:
-    from kidwhisper.experiments import new_experiment
+    from kidwhisper.training.experiments import new_experiment
 
     folder = new_experiment(args.name, Path(args.root), args.source)
     module = None if folder.is_absolute() else ".".join(folder.parts)
@@ -164,7 +164,7 @@ def cmd_new_experiment(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from kidwhisper.experiments import collect_results, results_table, update_readme
+    from kidwhisper.training.experiments import collect_results, results_table, update_readme
 
     table = results_table(collect_results(Path(args.root)))
     update_readme(Path(args.readme), table)
@@ -174,7 +174,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
-    from kidwhisper.experiments import archive
+    from kidwhisper.training.experiments import archive
 
     print(f"archived to {archive(args.run, Path(args.checkpoints))}")
     return 0

@@ -4,17 +4,7 @@ The "On Top of Pasketti" Word track scores a submission with corpus WER
 (``jiwer.wer(references, hypotheses)``) after both sides pass through transformers'
 Whisper ``EnglishTextNormalizer``, built with the competition's English spelling map.
 
-That map ships as ``assets/english_spelling.json``. It was generated once from openai-whisper's
-``normalizers/english.json`` (as copied into the ``whisper-normalizer`` 0.1.15 package) by
-loading it in order and applying exactly four edits:
-
-* ``"archaeology": "archeology</span>"`` -> ``"archeology"`` (stray HTML tag upstream),
-* ``"pummelled": "pummel"`` -> ``"pummeled"``,
-* ``"pummelling": "pummeled"`` -> ``"pummeling"``,
-* ``"mm": "hmm"`` added as the last key,
-
-then writing it back with ``json.dumps(mapping, indent=4)`` plus a newline.
-``tests/test_scoring.py`` checks the shipped file against that recipe.
+The normaliser and its spelling map live with the text: `data.text.normalize`.
 
 Empty references: a reference can normalise to nothing, e.g. a clip transcribed only as
 "um" or "(laughs)". Such a pair stays in the corpus with zero reference words, and any
@@ -27,54 +17,15 @@ reference words at all there is nothing to divide by, so ``corpus_wer`` raises `
 
 from __future__ import annotations
 
-import functools
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib.resources import files
-from typing import TYPE_CHECKING
 
 import jiwer
 
-if TYPE_CHECKING:
-    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+from kidwhisper.data.text import normalize
 
-__all__ = [
-    "WerReport",
-    "corpus_wer",
-    "english_spelling_map",
-    "normalize",
-    "normalizer",
-    "score",
-    "utterance_wer",
-]
-
-_SPELLING_ASSET = "english_spelling.json"
-
-
-@functools.cache
-def english_spelling_map() -> dict[str, str]:
-    """Return the competition's British -> American spelling map (cached: do not mutate)."""
-    # importlib.resources finds the file inside an installed wheel or zip as well as in a
-    # source checkout, so no path is hard-coded.
-    text = files("kidwhisper").joinpath("assets", _SPELLING_ASSET).read_text(encoding="utf-8")
-    return json.loads(text)
-
-
-@functools.cache
-def normalizer() -> EnglishTextNormalizer:
-    """Return the competition's text normaliser (cached: building it compiles many regexes)."""
-    # Imported here, not at module level: importing transformers takes seconds, and code
-    # that only imports this module (e.g. for WerReport) should not pay for it.
-    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
-
-    return EnglishTextNormalizer(english_spelling_map())
-
-
-def normalize(text: str) -> str:
-    """Normalise one transcript as the competition does (lower case, no punctuation, ...)."""
-    return normalizer()(text)
+__all__ = ["WerReport", "corpus_wer", "percent", "score", "utterance_wer"]
 
 
 @dataclass(frozen=True)
@@ -188,3 +139,9 @@ def utterance_wer(reference: str, hypothesis: str) -> float:
     """One utterance's WER under the competition's normaliser; NaN when the reference has
     no words once normalised (a clip transcribed only as "um": there is no rate)."""
     return _report([normalize(reference)], [normalize(hypothesis)]).wer
+
+
+def percent(value: float | None) -> str:
+    """A WER as every report prints it: `21.24%`; `n/a` when not measured (None) or when
+    there were no reference words (NaN)."""
+    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.2f}%"

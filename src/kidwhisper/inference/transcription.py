@@ -30,13 +30,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import soundfile as sf
 
-from kidwhisper.audio import CHUNK_SECONDS, SAMPLE_RATE, AudioError, load_audio
-from kidwhisper.data import Utterance, read_manifest
-from kidwhisper.decoding import DecodingOptions
-from kidwhisper.inference import transcribe
+from kidwhisper.data.audio import CHUNK_SECONDS, SAMPLE_RATE, AudioError, load_audio
+from kidwhisper.data.dataset import Utterance, read_manifest
+from kidwhisper.errors import UserError
+from kidwhisper.inference.batching import transcribe
+from kidwhisper.inference.decoding import DecodingOptions
 
 if TYPE_CHECKING:
-    from kidwhisper.models import WhisperModel
+    from kidwhisper.models.factory import WhisperModel
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ SEARCH_SECONDS = 5.0  # a window's cut is looked for in its last 5 s
 FRAME_SECONDS = 0.1  # ... as the quietest 100 ms frame there
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """Inputs or an output that cannot be used; the message names the path."""
 
 

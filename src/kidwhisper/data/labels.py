@@ -20,9 +20,9 @@ from dataclasses import replace
 
 from transformers import WhisperTokenizerFast
 
-from kidwhisper.data import Utterance
-from kidwhisper.problems import EMPTY_NORMALIZED, LABEL_TOO_LONG, NOT_ROUND_TRIP, DataProblems
-from kidwhisper.text import SpecialTokens
+from kidwhisper.data.dataset import Utterance
+from kidwhisper.data.problems import EMPTY_NORMALIZED, LABEL_TOO_LONG, NOT_ROUND_TRIP, DataProblems
+from kidwhisper.data.text import SpecialTokens, normalize
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,6 @@ def normalize_labels(
         return utterances
     if mode != "metric":
         raise ValueError(f"data.label_normalization: unknown mode {mode!r}")
-    from kidwhisper.scoring import normalize
-
     kept = []
     for utt in utterances:
         text = normalize(utt.text or "")

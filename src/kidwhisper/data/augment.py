@@ -24,7 +24,8 @@ import soundfile as sf
 import soxr
 import torch
 
-from kidwhisper.audio import (
+from kidwhisper.config import AugmentConfig, ConfigError, SpecAugmentConfig, resolve_path
+from kidwhisper.data.audio import (
     HOP_LENGTH,
     N_FRAMES,
     SAMPLE_RATE,
@@ -33,7 +34,6 @@ from kidwhisper.audio import (
     load_audio,
     log_mel,
 )
-from kidwhisper.config import AugmentConfig, ConfigError, SpecAugmentConfig, resolve_path
 
 NOISE_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 PV_FFT, PV_HOP = 512, 128  # the phase vocoder's STFT (32 ms windows, 75% overlap)

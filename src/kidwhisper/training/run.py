@@ -22,27 +22,40 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from kidwhisper import checkpoint as ckpt
-from kidwhisper import distributed, faults
-from kidwhisper.anchor import KLAnchor, summed_kl
-from kidwhisper.augment import build_augmenter
 from kidwhisper.config import Config, dump_config, resolve_path
-from kidwhisper.data import (
+from kidwhisper.data.augment import build_augmenter
+from kidwhisper.data.dataset import (
     IGNORE_INDEX,
     SpeechDataset,
     Utterance,
     WhisperCollator,
     read_manifest,
     screen,
+    split_batch,
 )
-from kidwhisper.distributed import peak_memory_mb, pick_device, pick_dtype, seed_everything
-from kidwhisper.evaluation import EvalResult, decoding_options, score_predictions, transcribe
-from kidwhisper.labels import normalize_labels, screen_labels
-from kidwhisper.models import ModelFactory, lora
-from kidwhisper.problems import DataProblems
-from kidwhisper.sampling import ResumableBatchSampler, make_sampler
-from kidwhisper.schedule import build_optimizer, lr_lambda
-from kidwhisper.weighting import item_weights
+from kidwhisper.data.labels import normalize_labels, screen_labels
+from kidwhisper.data.problems import DataProblems
+from kidwhisper.data.sampling import ResumableBatchSampler, make_sampler
+from kidwhisper.data.weighting import item_weights
+from kidwhisper.device import (
+    peak_memory_mb,
+    pick_device,
+    pick_dtype,
+    release_memory,
+    seed_everything,
+)
+from kidwhisper.inference.evaluation import (
+    EvalResult,
+    decoding_options,
+    score_predictions,
+    transcribe,
+)
+from kidwhisper.models import adapters as lora
+from kidwhisper.models.factory import ModelFactory
+from kidwhisper.training import checkpoint as ckpt
+from kidwhisper.training import distributed, faults
+from kidwhisper.training.anchor import KLAnchor, summed_kl
+from kidwhisper.training.schedule import build_optimizer, lr_lambda
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +269,7 @@ class Run:
                 if not faults.is_out_of_memory(err):
                     raise
                 self.optimizer.zero_grad(set_to_none=True)
-                faults.release_memory()
+                release_memory()
                 micro = max(len(b["utterance_ids"]) for b in window) // self.splits
                 if self.config.training.on_oom != "halve" or micro <= 1:
                     peak = peak_memory_mb(self.device)
@@ -271,7 +284,7 @@ class Run:
         # DDP averages gradients over processes; multiplying by the world size turns that
         # average back into the sum, so each token weighs 1 / global_tokens.
         scale = self.dist.world_size / global_tokens
-        micro_batches = [part for b in window for part in faults.split_batch(b, self.splits)]
+        micro_batches = [part for b in window for part in split_batch(b, self.splits)]
         window_loss = 0.0
         for i, batch in enumerate(micro_batches):
             last = i == len(micro_batches) - 1

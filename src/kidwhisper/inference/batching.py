@@ -15,12 +15,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from kidwhisper.audio import CHUNK_SECONDS
-from kidwhisper.data import SpeechDataset, Utterance, WhisperCollator, clip_seconds
-from kidwhisper.decoding import DecodingOptions, greedy_decode
+from kidwhisper.data.audio import CHUNK_SECONDS
+from kidwhisper.data.dataset import SpeechDataset, Utterance, WhisperCollator, clip_seconds
+from kidwhisper.device import release_memory
+from kidwhisper.inference.decoding import DecodingOptions, greedy_decode
 
 if TYPE_CHECKING:
-    from kidwhisper.models import WhisperModel
+    from kidwhisper.models.factory import WhisperModel
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def _decode_batch(
         tokens = greedy_decode(wm.model, features, wm.special, options, durations)
     except (RuntimeError, torch.OutOfMemoryError) as err:
         log.warning("decoding a batch of %d failed (%s); retrying clip by clip", len(ids), err)
-        _release_cached_memory()
+        release_memory()
         tokens = []
         for i, uid in enumerate(ids):
             clip = features[i : i + 1]
@@ -95,13 +96,8 @@ def _decode_batch(
             except (RuntimeError, torch.OutOfMemoryError) as clip_err:
                 log.warning("cannot decode %s: %s", uid, clip_err)
                 errors.append((uid, f"decoding failed: {clip_err}"))
-                _release_cached_memory()
+                release_memory()
                 one = [[]]
             tokens += one
     decoded = wm.tokenizer.batch_decode(tokens, skip_special_tokens=True)
     return dict(zip(ids, (text.strip() for text in decoded), strict=True))
-
-
-def _release_cached_memory() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from kidwhisper.data import IGNORE_INDEX
+from kidwhisper.data.dataset import IGNORE_INDEX
 
 
 class KLAnchor:

@@ -1,20 +1,43 @@
-"""Tokenizers and special tokens, built offline and derived per model family.
+"""Tokenizers and special tokens, built offline and derived per model family, and the
+competition's text normaliser.
 
 Whisper's special ids differ between families (tiny.en starts with 50257, multilingual
 models with 50258, large-v3 shifts the task tokens by one), so nothing here hard-codes an id:
 every id is looked up in the model's own tokenizer by its token string.
+
+The normaliser is transformers' Whisper ``EnglishTextNormalizer`` built with the
+competition's English spelling map (`normalize`); scoring and label normalisation share it.
+That map ships as ``assets/english_spelling.json``. It was generated once from openai-whisper's
+``normalizers/english.json`` (as copied into the ``whisper-normalizer`` 0.1.15 package) by
+loading it in order and applying exactly four edits:
+
+* ``"archaeology": "archeology</span>"`` -> ``"archeology"`` (stray HTML tag upstream),
+* ``"pummelled": "pummel"`` -> ``"pummeled"``,
+* ``"pummelling": "pummeled"`` -> ``"pummeling"``,
+* ``"mm": "hmm"`` added as the last key,
+
+then writing it back with ``json.dumps(mapping, indent=4)`` plus a newline.
+``tests/test_scoring.py`` checks the shipped file against that recipe.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from dataclasses import dataclass
 from functools import cache
+from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer
 from transformers import WhisperTokenizerFast
+
+from kidwhisper.models.variants import VOCAB_V3
+
+if TYPE_CHECKING:
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
 SOT = "<|startoftranscript|>"
 EOT = "<|endoftext|>"
@@ -155,10 +178,6 @@ def _family_spec(family: str) -> str:
     base = "english" if family == "english" else "multilingual"
     spec = json.loads(_bundled_tokenizer_json(base).read_text(encoding="utf-8"))
     if family == "v3":
-        # Imported here: kidwhisper.models imports this module (and a packaged submission
-        # ships this module without the model factory).
-        from kidwhisper.models.variants import VOCAB_V3
-
         spec = with_timestamp_tokens(_insert_v3_language(_strip_timestamps(spec)), VOCAB_V3)
     return json.dumps(spec)
 
@@ -177,3 +196,30 @@ def family_tokenizer(family: str, vocab_size: int) -> WhisperTokenizerFast:
     """The tokenizer of a family ('english', 'multilingual', 'v3'), built offline."""
     spec = with_timestamp_tokens(json.loads(_family_spec(family)), vocab_size)
     return tokenizer_from_json(spec)
+
+
+_SPELLING_ASSET = "english_spelling.json"
+
+
+@functools.cache
+def english_spelling_map() -> dict[str, str]:
+    """Return the competition's British -> American spelling map (cached: do not mutate)."""
+    # importlib.resources finds the file inside an installed wheel or zip as well as in a
+    # source checkout, so no path is hard-coded.
+    text = files("kidwhisper").joinpath("assets", _SPELLING_ASSET).read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+@functools.cache
+def normalizer() -> EnglishTextNormalizer:
+    """Return the competition's text normaliser (cached: building it compiles many regexes)."""
+    # Imported here, not at module level: importing transformers takes seconds, and code
+    # that only imports this module (e.g. for WerReport) should not pay for it.
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    return EnglishTextNormalizer(english_spelling_map())
+
+
+def normalize(text: str) -> str:
+    """Normalise one transcript as the competition does (lower case, no punctuation, ...)."""
+    return normalizer()(text)

@@ -13,23 +13,20 @@ How many frames a batch gets is the *audio context*:
 * ``batch``: the batch's longest clip, rounded up to a multiple of `STEP_FRAMES`, so only a
   few shapes ever occur (kernels and compiled graphs are reused).
 
+The value's grammar is `config.parse_context`; a clip's frames, `data.audio.clip_frames`.
+
 A model saved by kidwhisper records its context in its `config.json` (`kidwhisper_audio_context`)
 so that decoding later uses what training used.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from transformers import PretrainedConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from kidwhisper.audio import HOP_LENGTH, N_FRAMES, SAMPLE_RATE
+from kidwhisper.config import parse_context
 
-FULL, BATCH = "full", "batch"
-FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames per second
-STEP_FRAMES = 200  # per-batch contexts are multiples of 2 s: at most 15 distinct shapes
 CONFIG_KEY = "kidwhisper_audio_context"
 
 
@@ -63,35 +60,6 @@ def enable_short_input(model: torch.nn.Module) -> None:
     encoder = model.get_encoder()
     if type(encoder) is WhisperEncoder:
         encoder.__class__ = ShortInputEncoder
-
-
-def parse_context(value: str | float | int) -> str | float:
-    """``full``, ``batch`` or a number of seconds in (0, 30]; raises ValueError otherwise."""
-    if isinstance(value, str) and value in (FULL, BATCH):
-        return value
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"audio context must be full, batch or seconds, not {value!r}") from None
-    if not 0 < seconds <= N_FRAMES / FRAMES_PER_SECOND:
-        raise ValueError(f"audio context of {seconds} s is outside (0, 30]")
-    return seconds
-
-
-def clip_frames(context: str | float, num_samples: int) -> int:
-    """Mel frames to compute for a clip of `num_samples` 16 kHz samples under `context`.
-
-    Under ``batch`` the clip gets its own length plus two frames (so its last frame sees
-    the same zero padding as in a 30 s window), rounded up to `STEP_FRAMES`; a batch then
-    takes its widest clip's frames (see `data.WhisperCollator`).
-    """
-    if context == FULL:
-        return N_FRAMES
-    if context == BATCH:
-        needed = num_samples // HOP_LENGTH + 2
-        return min(N_FRAMES, math.ceil(needed / STEP_FRAMES) * STEP_FRAMES)
-    frames = math.ceil(float(context) * FRAMES_PER_SECOND / 2) * 2  # the encoder wants even
-    return min(N_FRAMES, frames)
 
 
 def recorded_context(config: PretrainedConfig) -> str | float | None:

@@ -20,16 +20,17 @@ import torch
 from torch.utils.data import Dataset
 from transformers import WhisperTokenizerFast
 
-from kidwhisper.audio import (
+from kidwhisper.config import FULL
+from kidwhisper.data.audio import (
     MISSING,
     SAMPLE_RATE,
     SILENCE_BELOW_MAX,
     AudioError,
+    clip_frames,
     load_audio,
     log_mel,
 )
-from kidwhisper.audio_context import FULL, clip_frames
-from kidwhisper.problems import (
+from kidwhisper.data.problems import (
     DUPLICATE,
     EMPTY_TEXT,
     LABEL_TOO_LONG,
@@ -41,17 +42,18 @@ from kidwhisper.problems import (
     duration_message,
     duration_problem,
 )
-from kidwhisper.text import SpecialTokens, encode_labels
+from kidwhisper.data.text import SpecialTokens, encode_labels
+from kidwhisper.errors import UserError
 
 if TYPE_CHECKING:
-    from kidwhisper.augment import Augmenter
+    from kidwhisper.data.augment import Augmenter
 
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # label value the cross-entropy loss skips
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A manifest line that cannot be used; the message names the file and line."""
 
     def __init__(self, message: str, reason: str = MALFORMED) -> None:
@@ -315,3 +317,19 @@ def _stack_features(features: list[np.ndarray]) -> torch.Tensor:
         for f in features
     ]
     return torch.from_numpy(np.stack(padded))
+
+
+def split_batch(batch: dict, parts: int) -> list[dict]:
+    """A collated batch cut into up to `parts` consecutive pieces along the clip axis."""
+    n = len(batch["utterance_ids"])
+    size = -(-n // max(1, parts))
+    pieces = []
+    for start in range(0, n, size):
+        piece = {}
+        for key, value in batch.items():
+            if isinstance(value, torch.Tensor) or key in ("utterance_ids", "indices", "durations"):
+                piece[key] = value[start : start + size]
+            else:
+                piece[key] = value if start == 0 else []  # per-batch lists (errors) once
+        pieces.append(piece)
+    return pieces

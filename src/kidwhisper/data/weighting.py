@@ -21,7 +21,7 @@ import logging
 from collections import Counter
 
 from kidwhisper.config import ConfigError
-from kidwhisper.data import Utterance
+from kidwhisper.data.dataset import Utterance
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,7 @@ import argparse
 import logging
 import sys
 
-from kidwhisper.analysis import ScoreInputError
-from kidwhisper.audio import AudioError
-from kidwhisper.commands import (
+from kidwhisper.cli.commands import (
     cmd_archive,
     cmd_average,
     cmd_curation,
@@ -30,31 +28,13 @@ from kidwhisper.commands import (
     cmd_train,
     cmd_transcribe,
 )
-from kidwhisper.config import ConfigError, EvaluationConfig
-from kidwhisper.curation import CurationError
-from kidwhisper.data import ManifestError
-from kidwhisper.faults import Interrupted, TrainingError
-from kidwhisper.models.averaging import AveragingError
-from kidwhisper.models.export import ExportError
-from kidwhisper.models.lora import LoraError
-from kidwhisper.problems import BadDataError
-from kidwhisper.submission.package import SubmissionError
+from kidwhisper.config import EvaluationConfig
+from kidwhisper.errors import UserError
+from kidwhisper.training.faults import Interrupted
 
-USER_ERRORS = (
-    ConfigError,
-    ManifestError,
-    AudioError,
-    BadDataError,
-    TrainingError,
-    AveragingError,
-    LoraError,
-    ScoreInputError,
-    ExportError,
-    SubmissionError,
-    CurationError,
-    FileNotFoundError,
-    FileExistsError,
-)
+# Errors a user can fix: one line, exit 2. A missing or existing file named on the command
+# line is one too.
+USER_ERRORS = (UserError, FileNotFoundError, FileExistsError)
 
 
 def _audio_context_arg(p: argparse.ArgumentParser, guards: bool = False) -> None:

@@ -1,4 +1,4 @@
-"""Devices, seeds and small helpers over torch.distributed, so the training loop reads the
+"""Small helpers over torch.distributed, so the training loop reads the
 same on 1 or N processes.
 
 `torchrun --nproc_per_node=N -m kidwhisper train CONFIG` sets RANK/WORLD_SIZE/LOCAL_RANK;
@@ -11,12 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
-import resource
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -38,37 +35,6 @@ class Dist:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
-
-
-def pick_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype, or None for full fp32. `auto`: bf16 (or fp16) on GPUs, fp32 on CPUs,
-    where autocast is slower than fp32 on most processors."""
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak CUDA memory allocated, or the process's peak resident set size on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def init(device_type: str) -> Dist:
@@ -123,15 +89,6 @@ def gather_objects(obj: object) -> list[object]:
     out: list[object] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_object(obj: object) -> object:
-    """Rank 0's `obj` on every process."""
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def barrier() -> None:

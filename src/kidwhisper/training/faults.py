@@ -24,13 +24,15 @@ from pathlib import Path
 
 import torch
 
+from kidwhisper.errors import UserError
+
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 CHECKPOINT_BYTES_PER_PARAM = 12  # float32 weights + Adam's two float32 moments
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """A run that cannot go on; the message says why and what to change."""
 
 
@@ -91,11 +93,6 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
 
 
-def release_memory() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def oom_message(step: int, micro_batch: int, peak_mb: float, device: torch.device) -> str:
     return (
         f"out of memory at step {step} on {device} with micro-batches of up to {micro_batch} "
@@ -104,22 +101,6 @@ def oom_message(step: int, micro_batch: int, peak_mb: float, device: torch.devic
         "global batch, turn on training.gradient_checkpointing, use precision bf16, or set "
         "training.on_oom: halve to split micro-batches automatically"
     )
-
-
-def split_batch(batch: dict, parts: int) -> list[dict]:
-    """A collated batch cut into up to `parts` consecutive pieces along the clip axis."""
-    n = len(batch["utterance_ids"])
-    size = -(-n // max(1, parts))
-    pieces = []
-    for start in range(0, n, size):
-        piece = {}
-        for key, value in batch.items():
-            if isinstance(value, torch.Tensor) or key in ("utterance_ids", "indices", "durations"):
-                piece[key] = value[start : start + size]
-            else:
-                piece[key] = value if start == 0 else []  # per-batch lists (errors) once
-        pieces.append(piece)
-    return pieces
 
 
 # --- non-finite steps ----------------------------------------------------------------------

@@ -21,7 +21,7 @@ import torch
 from transformers import WhisperForConditionalGeneration
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-from kidwhisper.text import SpecialTokens
+from kidwhisper.data.text import SpecialTokens
 
 MIN_TOKENS = 8  # the duration-based limit never goes below this
 MAX_REPEATED_NGRAM = 16  # longest repeating unit (in tokens) the repetition guard looks for

@@ -12,14 +12,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from kidwhisper.config import EvaluationConfig
-from kidwhisper.data import Utterance
-from kidwhisper.decoding import DecodingOptions
-from kidwhisper.inference import transcribe
-from kidwhisper.models import WhisperModel
-from kidwhisper.scoring import WerReport, score
+from kidwhisper.data.dataset import Utterance
+from kidwhisper.inference.batching import transcribe
+from kidwhisper.inference.decoding import DecodingOptions
+from kidwhisper.inference.scoring import WerReport, score
+from kidwhisper.models.factory import WhisperModel
 
 log = logging.getLogger(__name__)
 
@@ -103,17 +101,3 @@ def save_predictions(result: EvalResult, path: str | Path) -> Path:
             }
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
     return path
-
-
-@torch.inference_mode()
-def mean_loss(wm: WhisperModel, batches: list[dict]) -> float:
-    """Teacher-forced loss over prepared batches (used by tests and training logs)."""
-    losses = [
-        wm.model(
-            input_features=b["input_features"],
-            decoder_input_ids=b["decoder_input_ids"],
-            labels=b["labels"],
-        ).loss.item()
-        for b in batches
-    ]
-    return sum(losses) / len(losses)

@@ -1,0 +1,1 @@
+"""The `kidwhisper` command: the argument parser (main.py) and its subcommands."""
