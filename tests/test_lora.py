@@ -18,6 +18,7 @@ from kidwhisper.data.dataset import SpeechDataset, WhisperCollator, read_manifes
 from kidwhisper.models import adapters as lora_module
 from kidwhisper.models.averaging import average_checkpoints
 from kidwhisper.models.factory import WhisperModel, load_model
+from kidwhisper.training.checkpoint import checkpoint_state
 from kidwhisper.training.run import Run, batch_stream
 from kidwhisper.training.schedule import build_optimizer
 
@@ -110,7 +111,7 @@ def test_lora_trains_only_the_adapters(lora_run):
 
 def test_a_lora_checkpoint_is_a_plain_merged_model_plus_the_adapter(lora_run, real_batch):
     step = lora_run["step"]
-    state = lora_module.checkpoint_state(step)
+    state = checkpoint_state(step)
     at_save = lora_run["at_save"]
     assert state.keys() == at_save.keys() - {"proj_out.weight"}  # the tied layer saved once
     assert all(torch.equal(state[k], at_save[k]) for k in state)  # exactly what was trained
@@ -380,7 +381,7 @@ def test_lora_under_ddp_and_fsdp_matches_one_process(tmp_path):
         cmd = [*launch, *args, *extra, f"output.name={name}"]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, f"{name}: {done.stderr[-6000:]}"
-    step = {n: lora_module.checkpoint_state(tmp_path / "ckpt" / n / "step_0000002")
+    step = {n: checkpoint_state(tmp_path / "ckpt" / n / "step_0000002")
             for n in ("one", "ddp", "fsdp")}  # fmt: skip
     for name in ("ddp", "fsdp"):
         assert step[name].keys() == step["one"].keys()

@@ -45,7 +45,7 @@ def _min(value: float) -> dict:
 
 @dataclass
 class LoraConfig:
-    # Low-rank adapters through PEFT (models/lora.py); rank 0 turns LoRA off. With LoRA on, only
+    # Low-rank adapters through PEFT (models/adapters.py); rank 0 turns LoRA off. With LoRA on, only
     # the adapters train (in the parts training.freeze leaves free); checkpoints hold the
     # merged model, plus the adapter to resume from.
     rank: int = field(default=0, metadata=_min(0))
@@ -66,7 +66,7 @@ class ModelConfig:
     pretrained: str | None = None
     language: str = "en"
     task: Literal["transcribe", "translate"] = "transcribe"
-    # Encoder input length (audio_context.py): `batch` (the batch's longest clip, in 2 s
+    # Encoder input length (models/short_input.py): `batch` (the batch's longest clip, in 2 s
     # steps), `full` (Whisper's 30 s window) or a number of seconds. Saved with the model.
     audio_context: str = "batch"
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -77,7 +77,7 @@ class DataConfig:
     # Competition-format jsonl manifests; audio paths inside are relative to each manifest.
     train: list[str] = field(default_factory=list)
     # Mixing: one weight (> 0) per data.train manifest, the share of drawn clips that come
-    # from it (clips are drawn with replacement, uniformly within a manifest; sampling.py).
+    # from it (clips are drawn with replacement, uniformly within a manifest; data/sampling.py).
     # An epoch is still as many clips as all manifests hold together. Unset: every clip
     # once per epoch, whatever manifest it is in.
     train_weights: list[float] | None = None
@@ -94,7 +94,7 @@ class DataConfig:
     min_seconds: float = field(default=0.1, metadata=_min(0))
     max_seconds: float = field(default=30.0, metadata={"gt": 0, "max": 30})
     # Training labels as written (`none`: casing and punctuation kept) or as the metric
-    # sees them (`metric`: the competition normaliser of scoring.py, so "Mr. Smith's
+    # sees them (`metric`: the competition normaliser, data/text.py, so "Mr. Smith's
     # colour" trains as "mister smith's color"). Evaluation always scores normalised text.
     label_normalization: Literal["none", "metric"] = "none"
 
@@ -102,7 +102,7 @@ class DataConfig:
 @dataclass
 class TrainingConfig:
     batch_size: int = field(default=12, metadata=_min(1))  # clips per micro-batch (at most)
-    # Length-grouped batches of up to this many seconds of padded audio (sampling.py);
+    # Length-grouped batches of up to this many seconds of padded audio (data/sampling.py);
     # unset: random batches of exactly batch_size clips.
     batch_seconds: float | None = field(default=None, metadata={"gt": 0})
     gradient_accumulation_steps: int = field(default=3, metadata=_min(1))
@@ -113,7 +113,7 @@ class TrainingConfig:
     decoder_lr: float | None = field(default=None, metadata={"gt": 0})
     # `encoder` or `decoder`: every weight of that part stays as it was, with LoRA it gets no
     # adapters either. The decoder's token embedding is also the output layer: they freeze
-    # together (models/lora.py's freeze_part says why).
+    # together (models/adapters.py's freeze_part says why).
     freeze: Literal["none", "encoder", "decoder"] = "none"
     weight_decay: float = field(default=0.0, metadata=_min(0))
     epochs: float = field(default=3.0, metadata={"gt": 0})
@@ -125,7 +125,7 @@ class TrainingConfig:
     gradient_checkpointing: bool = True
     # With several processes: ddp (whole model per process) or fsdp (sharded, for large-v3).
     strategy: Literal["ddp", "fsdp"] = "ddp"
-    # KL(p_start || p_model) towards the frozen starting model (anchor.py); 0 turns it off.
+    # KL(p_start || p_model) towards the frozen starting model (training/anchor.py); 0 turns it off.
     kl_weight: float = field(default=0.0, metadata=_min(0))
     kl_schedule: Literal["constant", "cosine"] = "constant"
     eval_every_steps: int | None = field(default=None, metadata=_min(1))  # also checkpoints
@@ -138,14 +138,14 @@ class TrainingConfig:
     early_stopping_patience: int | None = field(default=None, metadata=_min(1))  # evaluations
     log_every_steps: int = field(default=10, metadata=_min(1))
     # A step with a NaN/inf loss or gradient is skipped and counted; this many in a row stop
-    # the run (faults.py).
+    # the run (training/faults.py).
     max_bad_steps: int = field(default=5, metadata=_min(1))
     # Out of memory in a training step: `fail` with the figures and what to change, or
     # `halve` the micro-batches (each split in two, the same update) and go on.
     on_oom: Literal["fail", "halve"] = "fail"
     device: str = "auto"
     seed: int = 0
-    # Balanced sampling by age bucket (weighting.py): `none`, `inverse` (every bucket
+    # Balanced sampling by age bucket (data/weighting.py): `none`, `inverse` (every bucket
     # equally often) or a mapping bucket -> weight (its share of drawn clips, e.g.
     # {5-7: 2, 8-11: 1}; entries without a bucket are `unknown`). Clips are then drawn with
     # replacement, an epoch as many as there are; with data.train_weights too, the weights
@@ -157,13 +157,13 @@ class TrainingConfig:
 class EvaluationConfig:
     batch_size: int = field(default=16, metadata=_min(1))
     max_new_tokens: int = field(default=128, metadata={"min": 1, "max": 444})
-    # Decoding guards (see decoding.py); null turns one off.
+    # Decoding guards (see inference/decoding.py); null turns one off.
     max_tokens_per_second: float | None = field(default=6.0, metadata={"min": 0.5})
     repetition_limit: int | None = field(default=4, metadata={"min": 2})
     before_training: bool = True  # also score the starting model (zero-shot WER)
 
 
-# --- augmentation (augment.py) ------------------------------------------------------------
+# --- augmentation (data/augment.py) ------------------------------------------------------------
 def _values(*default: float, **limits: Any) -> Any:
     """A list field; `pair=True`: a [low, high] range drawn from; min/max/gt bound items."""
     return field(default_factory=lambda: list(default), metadata=limits)

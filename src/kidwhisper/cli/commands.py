@@ -25,7 +25,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     before, after = metrics.get("eval_before"), metrics.get("eval_after")
     print(f"experiment: {config.output.experiments_dir}/{metrics['name']}")
     if before:
-        print(f"zero-shot WER:  {percent(before['wer'])}")
+        window = before.get("audio_context", "full")
+        print(f"zero-shot WER:  {percent(before['wer'])}  (audio context {window}: the window "
+              "the starting model was trained in)")  # fmt: skip
     if after:
         print(f"fine-tuned WER: {percent(after['wer'])}  ({after['utterances']} utterances)")
         for bucket, wer in after["wer_by_age"].items():
@@ -110,11 +112,29 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_curation(args: argparse.Namespace) -> int:
-    """`filter` and `split`: the work is curation.py's, the summary is printed here."""
-    from kidwhisper.inference import curation
+def cmd_filter(args: argparse.Namespace) -> int:
+    """`kidwhisper filter MODEL MANIFEST --max-wer W --out OUT` (inference/curation.py)."""
+    from kidwhisper.device import pick_device
+    from kidwhisper.inference.curation import check_filter, filter_by_wer
+    from kidwhisper.models.factory import load_model
 
-    print("\n".join(curation.COMMANDS[args.command](args)))
+    out = Path(args.out)  # the arguments are checked before a model loads
+    report = check_filter(Path(args.manifest), out, args.report, args.max_wer, args.force)
+    wm = load_model(args.model, audio_context=args.audio_context)
+    wm.model.to(pick_device(args.device))
+    result = filter_by_wer(
+        wm, args.manifest, out, args.max_wer, report, args.batch_size, force=args.force
+    )
+    print("\n".join(result.summary_lines()))
+    return 0
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    """`kidwhisper split MANIFEST --out-dir DIR` (inference/curation.py)."""
+    from kidwhisper.inference.curation import split_manifest
+
+    report = split_manifest(args.manifest, args.out_dir, args.dev_fraction, args.seed, args.force)
+    print("\n".join(report.summary_lines()))
     return 0
 
 

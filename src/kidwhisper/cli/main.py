@@ -1,6 +1,6 @@
 """The `kidwhisper` command: train, evaluate, transcribe, score, ship, and experiments.
 
-This module parses the command line and routes to commands.py; errors a user can fix (a bad
+This module parses the command line and routes to cli/commands.py; errors a user can fix (a bad
 config, a missing file, bad data under the fail policy) are printed as one line naming the
 file and key, without a traceback; a run stopped by a signal says how to resume.
 """
@@ -14,10 +14,10 @@ import sys
 from kidwhisper.cli.commands import (
     cmd_archive,
     cmd_average,
-    cmd_curation,
     cmd_estimate,
     cmd_evaluate,
     cmd_export_ct2,
+    cmd_filter,
     cmd_import_ct2,
     cmd_merge_lora,
     cmd_new_experiment,
@@ -25,6 +25,7 @@ from kidwhisper.cli.commands import (
     cmd_report,
     cmd_run_submission,
     cmd_score,
+    cmd_split,
     cmd_train,
     cmd_transcribe,
 )
@@ -50,10 +51,25 @@ def _audio_context_arg(p: argparse.ArgumentParser, guards: bool = False) -> None
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: one `_add_*` function per group of subcommands."""
     parser = argparse.ArgumentParser(prog="kidwhisper", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (
+        _add_training,
+        _add_decoding,
+        _add_curation,
+        _add_models,
+        _add_estimate,
+        _add_experiments,
+        _add_submission,
+    ):
+        add(sub)
+    return parser
 
+
+def _add_training(sub) -> None:
+    """train: fine-tune as a config says."""
     p = sub.add_parser("train", help="fine-tune as a YAML config says")
     p.add_argument("config", help="YAML config, e.g. configs/quickstart.yaml")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.lr=2e-5")
@@ -65,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_train)
 
+
+def _add_decoding(sub) -> None:
+    """evaluate, transcribe and score: decoding and the competition WER."""
     p = sub.add_parser("evaluate", help="greedy-decode a manifest and print the competition WER")
     p.add_argument("model", help="transformers folder, bundled:tiny.en, bundled:base or Hub id")
     p.add_argument("--data", required=True, help="competition-format jsonl with references")
@@ -103,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10, help="how many top errors and worst utterances")
     p.set_defaults(func=cmd_score)
 
+
+def _add_curation(sub) -> None:
+    """filter and split: curating training data."""
     p = sub.add_parser("filter", help="drop utterances a reference model transcribes badly")
     p.add_argument("model", help="transformers folder, bundled:tiny.en, bundled:base or Hub id")
     p.add_argument("manifest", help="competition-format jsonl with references")
@@ -113,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     _audio_context_arg(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--force", action="store_true", help="replace existing output files")
-    p.set_defaults(func=cmd_curation)
+    p.set_defaults(func=cmd_filter)
 
     p = sub.add_parser("split", help="speaker-disjoint train/dev split, stratified by age bucket")
     p.add_argument("manifest", help="competition-format jsonl (child_id, age_bucket)")
@@ -121,8 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dev-fraction", type=float, default=0.1, help="of each bucket's speakers")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace existing output files")
-    p.set_defaults(func=cmd_curation)
+    p.set_defaults(func=cmd_split)
 
+
+def _add_models(sub) -> None:
+    """import-ct2, export-ct2, average, merge-lora: model folders."""
     p = sub.add_parser("import-ct2", help="convert a CTranslate2 Whisper folder to transformers")
     p.add_argument("src", help="folder with model.bin, config.json, tokenizer.json")
     p.add_argument("out", help="output folder (safetensors)")
@@ -156,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", help="base of a PEFT adapter (default: its adapter_config.json's)")
     p.set_defaults(func=cmd_merge_lora)
 
+
+def _add_estimate(sub) -> None:
+    """estimate: training memory from a config."""
     p = sub.add_parser("estimate", help="training memory per part, from the config's variant")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
@@ -163,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     p.set_defaults(func=cmd_estimate)
 
+
+def _add_experiments(sub) -> None:
+    """new-experiment, report, archive: the experiment folders."""
     p = sub.add_parser("new-experiment", help="create the next experiments/<name>_NNN folder")
     p.add_argument("name", help="kind of experiment, e.g. baseline or experiment")
     p.add_argument("--from", dest="source", help="an existing experiment or a config file")
@@ -179,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", default="checkpoints")
     p.set_defaults(func=cmd_archive)
 
+
+def _add_submission(sub) -> None:
+    """package-submission and run-submission: the competition runtime."""
     p = sub.add_parser(
         "package-submission", help="write a competition submission.zip (main.py, code, model)"
     )
@@ -206,7 +240,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", help="new or empty folder to run in (default: a temp folder)")
     p.add_argument("--timeout", type=float, help="stop main.py after this many seconds")
     p.set_defaults(func=cmd_run_submission)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -205,7 +205,7 @@ class SpeechDataset(Dataset):
     ) -> None:
         self.utterances, self.n_mels = utterances, n_mels
         self.augmenter, self.epoch = augmenter, 0
-        self.context = context  # the encoder's input length, see audio_context.py
+        self.context = context  # the encoder's input length, see models/short_input.py
         self.tokenizer, self.special = tokenizer, special
         self.max_label_tokens = max_label_tokens  # the decoder's position table
         self.seconds_range = seconds_range

@@ -1,8 +1,8 @@
 """Training labels: normalised as the config says, and checked against the tokenizer.
 
 `data.label_normalization: metric` trains on what the competition scores: each label goes
-through scoring.py's normaliser (lower case, no punctuation, American spelling, numbers as
-digits, fillers such as "um" removed). A label with nothing left is a bad entry
+through the competition normaliser (data/text.py: lower case, no punctuation, American
+spelling, numbers as digits, fillers such as "um" removed). A label with nothing left is a bad entry
 ("empty after normalisation"), never trained on as an empty transcript by accident.
 
 Once the model (and so its tokenizer) is loaded, every label is encoded as training encodes

@@ -5,14 +5,14 @@ cut-off downloads, silence, empty or runaway labels and broken manifest lines. T
 (`data.bad_entries`) decides what happens: `skip` (the default for training) leaves the
 entry out, logs it once and counts it under its reason; `fail` stops at the first one.
 Either way the message names the file (and line) and says what to do. Evaluation never
-skips: a clip it cannot read is scored as an empty prediction (evaluation.py).
+skips: a clip it cannot read is scored as an empty prediction (inference/evaluation.py).
 
 Entries are found in four places, each reporting here: reading the manifest (bad lines,
 duplicate ids, empty text, labels empty once normalised), the checks before training that
 need no audio (durations from the manifest), the label checks once the tokenizer is loaded
 (labels.py: labels that do not survive encode/decode, label lengths in tokens), and loading
 each clip (audio.py's reasons, silence, the real duration). `kidwhisper filter`
-(curation.py) reports the utterances a reference model transcribes too badly the same way.
+(inference/curation.py) reports the utterances a reference model transcribes too badly the same way.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Every epoch is one seeded permutation of the whole dataset, cut into global batc
 only on (seed, epoch), a restarted run that starts from `(epoch, batches consumed)` sees
 exactly the batches the interrupted run would have seen.
 
-With per-clip `weights` (weighting.py: mixed manifests, balanced age buckets) an epoch is
+With per-clip `weights` (data/weighting.py: mixed manifests, balanced age buckets) an epoch is
 instead as many seeded draws with replacement as there are clips: still a function of
 (seed, epoch) alone, cut into batches, sharded and resumed the same way.
 """

@@ -1,6 +1,6 @@
 """Per-clip sampling weights: several training manifests mixed, age buckets balanced.
 
-Both settings become one weight per clip, its probability of being drawn (sampling.py draws
+Both settings become one weight per clip, its probability of being drawn (data/sampling.py draws
 with replacement, an epoch as many clips as the training set has):
 
 * `data.train_weights` (one per `data.train` manifest): manifest s is drawn with

@@ -141,7 +141,7 @@ def filter_by_wer(
     from kidwhisper.inference.scoring import utterance_wer
 
     manifest, out = Path(manifest), Path(out)
-    report = _check_filter(manifest, out, report, max_wer, force)
+    report = check_filter(manifest, out, report, max_wer, force)
     problems = DataProblems("skip")
     pairs = read_rows(manifest, problems)
     texts, errors = transcribe(wm, [u for u, _ in pairs], batch_size, options, progress=progress)
@@ -172,7 +172,7 @@ def filter_by_wer(
     return result
 
 
-def _check_filter(
+def check_filter(
     manifest: Path, out: Path, report: str | Path | None, max_wer: float, force: bool
 ) -> Path:
     """The report's path, once the threshold and the outputs are known to be fine."""
@@ -298,30 +298,3 @@ def split_manifest(
         write_rows(path, rows[part])
     log.info("split: %d train and %d dev entries", len(rows["train"]), len(rows["dev"]))
     return SplitReport(str(manifest), str(out_dir), dev_fraction, seed, counts, problems)
-
-
-# --- the commands --------------------------------------------------------------------------
-
-
-def filter_command(args) -> list[str]:
-    """`kidwhisper filter MODEL MANIFEST --max-wer W --out OUT`: the summary lines."""
-    from kidwhisper.device import pick_device
-    from kidwhisper.models.factory import load_model
-
-    out = Path(args.out)  # the arguments are checked before a model loads
-    report = _check_filter(Path(args.manifest), out, args.report, args.max_wer, args.force)
-    wm = load_model(args.model, audio_context=args.audio_context)
-    wm.model.to(pick_device(args.device))
-    result = filter_by_wer(
-        wm, args.manifest, out, args.max_wer, report, args.batch_size, force=args.force
-    )
-    return result.summary_lines()
-
-
-def split_command(args) -> list[str]:
-    """`kidwhisper split MANIFEST --out-dir DIR`: the summary lines."""
-    report = split_manifest(args.manifest, args.out_dir, args.dev_fraction, args.seed, args.force)
-    return report.summary_lines()
-
-
-COMMANDS = {"filter": filter_command, "split": split_command}

@@ -27,14 +27,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from kidwhisper.errors import UserError
 
 if TYPE_CHECKING:
     from kidwhisper.config import Config
     from kidwhisper.config import LoraConfig as LoraSettings
-    from kidwhisper.models.factory import WhisperModel
 
 log = logging.getLogger(__name__)
 
@@ -143,46 +142,6 @@ def merged_state(state: dict[str, torch.Tensor], scaling: float) -> dict[str, to
             key = f"{prefix}.{leaf}"
         merged[key] = tensor
     return merged
-
-
-def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
-
-
-def save_model(
-    wm: WhisperModel, folder: Path, state: dict[str, torch.Tensor], config: Config
-) -> Path:
-    """Write `state` to `folder` as a plain transformers model; for a LoRA model merged, with
-    the adapter folder beside it (`folder.parent / adapter`)."""
-    if not has_adapters(state):
-        return wm.save(folder, state_dict=state)
-    lora = config.model.lora
-    wm.save(folder, state_dict=merged_state(state, lora.alpha / lora.rank))
-    adapter = folder.parent / ADAPTER_DIR
-    peft_config(lora, config.training.freeze, config.pretrained).save_pretrained(adapter)
-    weights = {PEFT_PREFIX + k.replace(f".{NAME}.", "."): v for k, v in state.items()
-               if is_adapter_key(k)}  # fmt: skip
-    save_file(_cpu(weights), adapter / ADAPTER_WEIGHTS, metadata={"format": "pt"})
-    base = {k.replace(".base_layer.", "."): v for k, v in state.items() if ".base_layer." in k}
-    save_file(_cpu(base), adapter / BASE_LAYERS, metadata={"format": "pt"})
-    return folder
-
-
-def checkpoint_state(step: Path) -> dict[str, torch.Tensor]:
-    """The exact state a checkpoint was saved from: `model/`'s weights, unmerged again when
-    the checkpoint holds an adapter (names as in a model with adapters injected)."""
-    state = load_file(step / "model" / WEIGHTS)
-    adapter = step / ADAPTER_DIR
-    if not (adapter / ADAPTER_WEIGHTS).is_file():
-        return state
-    for key, tensor in load_file(adapter / BASE_LAYERS).items():
-        prefix, leaf = key.rsplit(".", 1)
-        del state[key]  # the merged weight (or the bias, under its plain name)
-        state[f"{prefix}.base_layer.{leaf}"] = tensor
-    for key, tensor in load_file(adapter / ADAPTER_WEIGHTS).items():
-        prefix, leaf = key.removeprefix(PEFT_PREFIX).rsplit(".", 1)
-        state[f"{prefix}.{NAME}.{leaf}"] = tensor
-    return state
 
 
 # --- merging: kidwhisper merge-lora, kidwhisper average -------------------------------------

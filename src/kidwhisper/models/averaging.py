@@ -4,7 +4,7 @@ The 1st place of the "On Top of Pasketti" Word track went from WER 0.1977 to 0.1
 averaging. Checkpoints can come from one run (the last K evaluations) or from several runs
 (different seeds) that started from the same model; averaging unrelated models does not work.
 LoRA adapters are merged first: a LoRA run's checkpoints hold the merged model already, and an
-adapter folder is merged into its base (models/lora.py) before it is averaged.
+adapter folder is merged into its base (models/adapters.py) before it is averaged.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from kidwhisper.errors import UserError
-from kidwhisper.models import adapters as lora
+from kidwhisper.models import adapters
 from kidwhisper.models.factory import load_model, load_state
 
 log = logging.getLogger(__name__)
@@ -86,11 +86,11 @@ def average_checkpoints(
     """Average `sources` into a plain transformers folder `out` (tokenizer, feature
     extractor and kidwhisper config taken from the first), with `averaged_from.json`.
     A source that is a LoRA adapter folder is merged into its base first."""
-    adapters = [(Path(s) / lora.ADAPTER_CONFIG).is_file() for s in sources]
+    is_adapter = [(Path(s) / adapters.ADAPTER_CONFIG).is_file() for s in sources]
     with tempfile.TemporaryDirectory(prefix="kidwhisper-merged-") as scratch:
         folders = [
-            lora.merge_lora(s, Path(scratch) / str(i)) if adapter else model_folder(s)
-            for i, (s, adapter) in enumerate(zip(sources, adapters, strict=True))
+            adapters.merge_lora(s, Path(scratch) / str(i)) if adapter else model_folder(s)
+            for i, (s, adapter) in enumerate(zip(sources, is_adapter, strict=True))
         ]
         state = average_weights(folders, weights)
         wm = load_model(str(folders[0]))
@@ -101,7 +101,7 @@ def average_checkpoints(
         out = wm.save(out)
         if (folders[0] / "kidwhisper.yaml").is_file():
             shutil.copy(folders[0] / "kidwhisper.yaml", out / "kidwhisper.yaml")
-    folders = [Path(s) if a else f for s, a, f in zip(sources, adapters, folders, strict=True)]
+    folders = [Path(s) if a else f for s, a, f in zip(sources, is_adapter, folders, strict=True)]
     record = {"sources": [str(f) for f in folders], "weights": weights or [1.0] * len(folders)}
     (out / "averaged_from.json").write_text(json.dumps(record, indent=2) + "\n")
     log.info("averaged %d checkpoints into %s", len(folders), out)

@@ -6,7 +6,9 @@ its tokenizer and feature extractor, and the special ids derived from that token
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,7 +44,7 @@ class WhisperModel:
     """A Whisper variant with its weights, tokenizer and special tokens.
 
     `pretrained` is a Hub id, a local transformers folder, `bundled:<name>` or `random`.
-    `audio_context` is the encoder's input length (audio_context.py); unset, a model keeps
+    `audio_context` is the encoder's input length (models/short_input.py); unset, a model keeps
     the one it was trained with, and a model without one gets Whisper's 30 s window.
     """
 
@@ -74,8 +76,11 @@ class WhisperModel:
             self.tokenizer = WhisperTokenizerFast.from_pretrained(folder)
         self._check_architecture()
         enable_short_input(self.model)
+        # The window these weights were trained in: Whisper's 30 s unless kidwhisper trained
+        # them with another. A "before training" WER is only honest when measured in it.
+        self.trained_context = recorded_context(self.model.config) or FULL
         if self.audio_context is None:
-            self.audio_context = recorded_context(self.model.config) or FULL
+            self.audio_context = self.trained_context
         record_context(self.model.config, self.audio_context)  # saved with the weights
         self.special = special_tokens(
             self.tokenizer,
@@ -130,6 +135,16 @@ class WhisperModel:
             )
 
     # --- use -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def context(self, audio_context: str | float) -> Iterator[WhisperModel]:
+        """Decode with another audio context inside the block (e.g. the model's own
+        `trained_context` to score it before training), then restore the configured one."""
+        saved, self.audio_context = self.audio_context, audio_context
+        try:
+            yield self
+        finally:
+            self.audio_context = saved
 
     @property
     def params(self) -> int:

@@ -250,15 +250,50 @@ def main() -> int:
         len(utterances),
         missing,
     )
-
     wm = load(HERE / MODEL_DIR, settings)
-    device, dtype = wm.model.device, wm.model.dtype
+    device = wm.model.device
     workers = settings.get("num_workers")
     if workers is None:  # audio reading in parallel only when a GPU does the decoding
         workers = min(4, max(0, (os.cpu_count() or 1) - 1)) if device.type == "cuda" else 0
     batch_size = int(settings.get("batch_size", 32))
     options = DecodingOptions(**settings.get("decoding", {}))
     loaded = time.perf_counter()
+    log_setup(wm, settings, batch_size, workers, options, loaded - started)
+
+    texts, errors = decode(wm, utterances, batch_size, options, workers)
+    decoded = time.perf_counter()
+    write_submission(Path.cwd() / SUBMISSION, ids, texts)
+    empty = sum(1 for uid in ids if not texts.get(uid))
+    keep("wrote %s: %d lines, %d empty", SUBMISSION, len(ids), empty)
+    keep("%d clip(s) unreadable or undecodable, %d id(s) without metadata", len(errors), missing)
+    if utterances:
+        rate = len(utterances) / max(decoded - loaded, 1e-9)
+        keep(
+            "decoded %d clips in %.1f s: %.2f clips/s; %d clips would take about %.0f min "
+            "(+ %.0f s loading)",
+            len(utterances),
+            decoded - loaded,
+            rate,
+            TEST_CLIPS,
+            TEST_CLIPS / rate / 60,
+            loaded - started,
+        )
+    if budget.suppressed:
+        keep("%d log message(s) left out to keep the log short", budget.suppressed)
+    keep("done in %.1f s", time.perf_counter() - started)
+    return 0
+
+
+def log_setup(
+    wm: WhisperModel,
+    settings: dict,
+    batch_size: int,
+    workers: int,
+    options: DecodingOptions,
+    load_seconds: float,
+) -> None:
+    """Two lines on what runs where: versions, device, model; context, batches, decoding."""
+    device, dtype = wm.model.device, wm.model.dtype
     hardware = f"{torch.get_num_threads()} threads"
     if device.type == "cuda":
         hardware = torch.cuda.get_device_name()
@@ -279,32 +314,8 @@ def main() -> int:
         batch_size,
         workers,
         options,
-        loaded - started,
+        load_seconds,
     )
-
-    texts, errors = decode(wm, utterances, batch_size, options, workers)
-    decoded = time.perf_counter()
-    write_submission(Path.cwd() / SUBMISSION, ids, texts)
-
-    empty = sum(1 for uid in ids if not texts.get(uid))
-    keep("wrote %s: %d lines, %d empty", SUBMISSION, len(ids), empty)
-    keep("%d clip(s) unreadable or undecodable, %d id(s) without metadata", len(errors), missing)
-    if utterances:
-        rate = len(utterances) / max(decoded - loaded, 1e-9)
-        keep(
-            "decoded %d clips in %.1f s: %.2f clips/s; %d clips would take about %.0f min "
-            "(+ %.0f s loading)",
-            len(utterances),
-            decoded - loaded,
-            rate,
-            TEST_CLIPS,
-            TEST_CLIPS / rate / 60,
-            loaded - started,
-        )
-    if budget.suppressed:
-        keep("%d log message(s) left out to keep the log short", budget.suppressed)
-    keep("done in %.1f s", time.perf_counter() - started)
-    return 0
 
 
 if __name__ == "__main__":

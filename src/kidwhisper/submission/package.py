@@ -153,9 +153,10 @@ def check_imports(sources: dict[str, str], main: str | None = None) -> None:
     `sources` maps module names (kidwhisper.data.dataset; kidwhisper for the package) to
     source text; `main` is main.py's. Every `kidwhisper.*` import, even one inside a
     function, must name a shipped module (a package's __init__ defines nothing: only its
-    shipped submodules can be imported). Any other import that runs when the module is imported must be in the standard library or
-    `RUNTIME_PACKAGES`; imports inside functions are left alone there (they are how
-    kidwhisper reaches optional packages, e.g. the bundled weights, that inference never uses).
+    shipped submodules can be imported). Any other import that runs when the module is
+    imported must be in the standard library or `RUNTIME_PACKAGES`; imports inside functions
+    are left alone there (they are how kidwhisper reaches optional packages, e.g. the
+    bundled weights, that inference never uses).
     """
     files = [(module, module_file(module), source) for module, source in sources.items()]
     if main is not None:
@@ -243,10 +244,9 @@ def package_submission(
     each clip's padding, which moves the WER. A larger batch is faster on a GPU; measure
     its WER with `kidwhisper evaluate --batch-size` or `run-submission` first.
     """
-    from kidwhisper.config import EvaluationConfig, parse_context
+    from kidwhisper.config import EvaluationConfig
     from kidwhisper.inference.evaluation import decoding_options
     from kidwhisper.models.factory import load_model
-    from kidwhisper.models.short_input import record_context
 
     start = time.perf_counter()
     batch_size = EvaluationConfig.batch_size if batch_size is None else batch_size
@@ -256,15 +256,7 @@ def package_submission(
     main = MAIN_TEMPLATE.read_text(encoding="utf-8")
     check_imports(sources, main)
     wm = load_model(model_source, variant)  # with the context it was trained with
-    warnings = []
-    if audio_context is not None and parse_context(audio_context) != wm.audio_context:
-        warnings.append(
-            f"{model_source} was trained with audio context {wm.audio_context}, packaged with "
-            f"{parse_context(audio_context)}: check its WER with `kidwhisper run-submission` "
-            "(a zero-shot model loses a lot under `batch`)"
-        )
-        wm.audio_context = parse_context(audio_context)
-        record_context(wm.model.config, wm.audio_context)  # saved in config.json
+    warnings = _set_context(wm, model_source, audio_context)
     options = options or decoding_options(EvaluationConfig())
     settings = {
         "source": model_source,
@@ -279,8 +271,43 @@ def package_submission(
         "kidwhisper_version": kidwhisper.__version__,
         "packaged": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
     out_zip = Path(out_zip)
+    entries = _write_zip(out_zip, wm, main, settings, sources)
+    return PackageReport(
+        path=out_zip,
+        size=out_zip.stat().st_size,
+        entries=entries,
+        source=model_source,
+        audio_context=wm.audio_context,
+        parameters=wm.params,
+        seconds=time.perf_counter() - start,
+        warnings=warnings,
+    )
+
+
+def _set_context(wm, model_source: str, audio_context: str | float | None) -> list[str]:
+    """Package with another audio context than the model's own (saved in its config.json);
+    a warning when it differs from what the model was trained with."""
+    from kidwhisper.config import parse_context
+    from kidwhisper.models.short_input import record_context
+
+    if audio_context is None or parse_context(audio_context) == wm.audio_context:
+        return []
+    warning = (
+        f"{model_source} was trained with audio context {wm.audio_context}, packaged with "
+        f"{parse_context(audio_context)}: check its WER with `kidwhisper run-submission` "
+        "(a zero-shot model loses a lot under `batch`)"
+    )
+    wm.audio_context = parse_context(audio_context)
+    record_context(wm.model.config, wm.audio_context)
+    return [warning]
+
+
+def _write_zip(
+    out_zip: Path, wm, main: str, settings: dict, sources: dict[str, str]
+) -> list[tuple[str, int]]:
+    """main.py, the settings, the shipped modules and the model, into a temporary zip that
+    is checked and then renamed into place; returns its (name, size) entries."""
     out_zip.parent.mkdir(parents=True, exist_ok=True)
     partial = out_zip.with_name(out_zip.name + ".partial")
     with tempfile.TemporaryDirectory(prefix="kidwhisper-package-") as tmp:
@@ -303,13 +330,4 @@ def package_submission(
         partial.unlink()
         raise SubmissionError(f"internal error: bad zip members {bad} or no main.py at the root")
     partial.replace(out_zip)
-    return PackageReport(
-        path=out_zip,
-        size=out_zip.stat().st_size,
-        entries=entries,
-        source=model_source,
-        audio_context=wm.audio_context,
-        parameters=wm.params,
-        seconds=time.perf_counter() - start,
-        warnings=warnings,
-    )
+    return entries

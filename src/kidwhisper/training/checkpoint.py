@@ -2,7 +2,7 @@
 
 A checkpoint is a folder `checkpoints/<name>/step_0000120/` holding
 - `model/`: the weights in plain transformers layout (safetensors), loadable on its own;
-  a LoRA run's are merged, with the adapter itself in `adapter/` (models/lora.py);
+  a LoRA run's are merged, with the adapter itself in `adapter/` (`save_model`);
 - `trainer_state.pt`: optimizer, scheduler, grad scaler, sampler positions, RNG states,
   the step and the run's history (only tensors and plain values: loaded with
   `weights_only=True`);
@@ -27,8 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 import kidwhisper
+from kidwhisper.config import Config
+from kidwhisper.models import adapters
+from kidwhisper.models.factory import WhisperModel
 
 log = logging.getLogger(__name__)
 
@@ -168,3 +172,46 @@ def prune(root: Path, keep: int) -> None:
 def load_trainer_state(path: Path) -> dict:
     """The training state of a checkpoint this project wrote (tensors and plain values only)."""
     return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+# --- the model inside a checkpoint -----------------------------------------------------------
+
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def save_model(
+    wm: WhisperModel, folder: Path, state: dict[str, torch.Tensor], config: Config
+) -> Path:
+    """Write `state` to `folder` as a plain transformers model; for a LoRA model merged, with
+    the adapter folder beside it (`folder.parent / adapter`)."""
+    if not adapters.has_adapters(state):
+        return wm.save(folder, state_dict=state)
+    lora = config.model.lora
+    wm.save(folder, state_dict=adapters.merged_state(state, lora.alpha / lora.rank))
+    adapter = folder.parent / adapters.ADAPTER_DIR
+    adapters.peft_config(lora, config.training.freeze, config.pretrained).save_pretrained(adapter)
+    weights = {adapters.PEFT_PREFIX + k.replace(f".{adapters.NAME}.", "."): v
+               for k, v in state.items() if adapters.is_adapter_key(k)}  # fmt: skip
+    save_file(_cpu(weights), adapter / adapters.ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    base = {k.replace(".base_layer.", "."): v for k, v in state.items() if ".base_layer." in k}
+    save_file(_cpu(base), adapter / adapters.BASE_LAYERS, metadata={"format": "pt"})
+    return folder
+
+
+def checkpoint_state(step: Path) -> dict[str, torch.Tensor]:
+    """The exact state a checkpoint was saved from: `model/`'s weights, unmerged again when
+    the checkpoint holds an adapter (names as in a model with adapters injected)."""
+    state = load_file(step / "model" / adapters.WEIGHTS)
+    adapter = step / adapters.ADAPTER_DIR
+    if not (adapter / adapters.ADAPTER_WEIGHTS).is_file():
+        return state
+    for key, tensor in load_file(adapter / adapters.BASE_LAYERS).items():
+        prefix, leaf = key.rsplit(".", 1)
+        del state[key]  # the merged weight (or the bias, under its plain name)
+        state[f"{prefix}.base_layer.{leaf}"] = tensor
+    for key, tensor in load_file(adapter / adapters.ADAPTER_WEIGHTS).items():
+        prefix, leaf = key.removeprefix(adapters.PEFT_PREFIX).rsplit(".", 1)
+        state[f"{prefix}.{adapters.NAME}.{leaf}"] = tensor
+    return state

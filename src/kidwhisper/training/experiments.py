@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
-from kidwhisper.config import Config, dump_config, load_config
+from kidwhisper.config import FULL, Config, dump_config, load_config
 from kidwhisper.data.problems import DataProblems
 from kidwhisper.inference.scoring import percent
 from kidwhisper.training.checkpoint import code_version
@@ -95,10 +96,7 @@ def run_experiment(config: Config, overwrite: bool = False, resume: bool = False
     results.md after every evaluation (so a run that dies still leaves its figures), the dev
     predictions, and the final model in transformers layout under checkpoints/<name>/final.
     """
-    from kidwhisper.device import pick_device, pick_dtype
-    from kidwhisper.inference.evaluation import save_predictions
-    from kidwhisper.models.averaging import average_checkpoints
-    from kidwhisper.training.checkpoint import checkpoints, latest_checkpoint
+    from kidwhisper.training.checkpoint import latest_checkpoint
     from kidwhisper.training.loop import train
 
     experiment = Experiment(config)
@@ -107,20 +105,44 @@ def run_experiment(config: Config, overwrite: bool = False, resume: bool = False
         raise FileNotFoundError(f"--resume: no checkpoint under {experiment.checkpoint_dir}")
     if is_main:
         experiment.create(overwrite)
-    start = time.perf_counter()
-    device = pick_device(config.training.device)
-    metrics: dict = {
-        "name": experiment.name,
-        "variant": config.model.variant,
-        "pretrained": config.pretrained,
-        "precision": str(pick_dtype(config.training.precision, device) or "fp32"),
-        "environment": environment(),
-        "finished": False,
-    }
+    recorder = Recorder(experiment)
+    _, state = train(config, on_eval=recorder if is_main else None)
+    if is_main:
+        averaged_from = write_final_model(experiment)
+        recorder.metrics.update(model_dir=str(experiment.model_dir), finished=True)
+        if averaged_from:
+            recorder.metrics["eval_average"] = evaluate_average(
+                config, experiment, averaged_from, recorder.device
+            )
+        recorder(state)
+    return recorder.metrics
 
-    def record(state, result=None, guard=None) -> None:
+
+class Recorder:
+    """The run's figures, written to metrics.json and results.md after every evaluation
+    (the `on_eval` callback of `train`), with that evaluation's predictions."""
+
+    def __init__(self, experiment: Experiment) -> None:
+        from kidwhisper.device import pick_device, pick_dtype
+
+        config = experiment.config
+        self.experiment, self.start = experiment, time.perf_counter()
+        self.device = pick_device(config.training.device)
+        self.metrics: dict = {
+            "name": experiment.name,
+            "variant": config.model.variant,
+            "pretrained": config.pretrained,
+            "precision": str(pick_dtype(config.training.precision, self.device) or "fp32"),
+            "environment": environment(),
+            "finished": False,
+        }
+
+    def __call__(self, state, result=None, guard=None) -> None:
+        from kidwhisper.inference.evaluation import save_predictions
+
         evals = state.evals
-        metrics.update(
+        self.metrics.update(
+            # The starting model, scored in the window it was trained in (its audio_context).
             eval_before=evals[0] if evals and evals[0]["step"] == 0 else None,
             eval_after=evals[-1] if evals and evals[-1]["step"] > 0 else None,
             best_wer=state.best_wer,
@@ -138,33 +160,35 @@ def run_experiment(config: Config, overwrite: bool = False, resume: bool = False
             bad_data=state.skipped,
             bad_data_summary=DataProblems(entries=state.skipped).summary(),
             bad_steps=state.bad_steps,
-            wall_seconds=time.perf_counter() - start,
+            wall_seconds=time.perf_counter() - self.start,
         )
+        folder = self.experiment.dir
         if result is not None:
-            save_predictions(result, experiment.dir / f"predictions_step{state.step}.jsonl")
+            save_predictions(result, folder / f"predictions_step{state.step}.jsonl")
         if guard is not None:
-            save_predictions(guard, experiment.dir / f"guard_predictions_step{state.step}.jsonl")
-        experiment.write_metrics(metrics)
-        experiment.write_results(metrics)
+            save_predictions(guard, folder / f"guard_predictions_step{state.step}.jsonl")
+        self.experiment.write_metrics(self.metrics)
+        self.experiment.write_results(self.metrics)
 
-    _, state = train(config, on_eval=record if is_main else None)
-    if is_main:
-        # The last step always ends with a checkpoint: the final model is its model, or
-        # the mean of the last K checkpoints' (training.average_last).
-        shutil.rmtree(experiment.model_dir, ignore_errors=True)
-        sources = checkpoints(experiment.checkpoint_dir)[-config.training.average_last :]
-        averaged = len(sources) > 1
-        if averaged:
-            average_checkpoints(sources, experiment.model_dir)
-        else:
-            last = latest_checkpoint(experiment.checkpoint_dir)
-            shutil.copytree(last / "model", experiment.model_dir)
-        (experiment.model_dir / "kidwhisper.yaml").write_text(dump_config(config), encoding="utf-8")
-        metrics.update(model_dir=str(experiment.model_dir), finished=True)
-        if averaged:
-            metrics["eval_average"] = evaluate_average(config, experiment, sources, device)
-        record(state)
-    return metrics
+
+def write_final_model(experiment: Experiment) -> list[Path]:
+    """checkpoints/<name>/final: the last checkpoint's model, or the mean of the last K
+    checkpoints' (training.average_last); returns the checkpoints averaged (none if one).
+    The last step always ends with a checkpoint, so there is one to take."""
+    from kidwhisper.models.averaging import average_checkpoints
+    from kidwhisper.training.checkpoint import checkpoints, latest_checkpoint
+
+    config = experiment.config
+    shutil.rmtree(experiment.model_dir, ignore_errors=True)
+    sources = checkpoints(experiment.checkpoint_dir)[-config.training.average_last :]
+    if len(sources) > 1:
+        average_checkpoints(sources, experiment.model_dir)
+    else:
+        shutil.copytree(
+            latest_checkpoint(experiment.checkpoint_dir) / "model", experiment.model_dir
+        )
+    (experiment.model_dir / "kidwhisper.yaml").write_text(dump_config(config), encoding="utf-8")
+    return sources if len(sources) > 1 else []
 
 
 def evaluate_average(config: Config, experiment: Experiment, sources: list, device) -> dict:
@@ -250,7 +274,7 @@ def collect_results(root: Path) -> list[dict]:
     rows = []
     for path in sorted(root.glob("*/metrics.json"), key=lambda p: (_number(p.parent) or 0, p)):
         m = json.loads(path.read_text())
-        before = m.get("eval_before") or {}
+        before = _honest_before(path.parent, m.get("eval_before") or {})
         after = m.get("eval_average") or m.get("eval_after") or {}  # the final model's
         rows.append(
             {
@@ -268,6 +292,19 @@ def collect_results(root: Path) -> list[dict]:
             }
         )
     return rows
+
+
+def _honest_before(folder: Path, before: dict) -> dict:
+    """The "before" evaluation only if it scored the starting model in the window it was
+    trained in (30 s for Whisper's own weights). Runs before that rule recorded no context:
+    their figure counts only if the whole run used 30 s windows; else it is left out (n/a)."""
+    if "audio_context" in before:
+        return before
+    try:
+        saved = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    return before if (saved.get("model") or {}).get("audio_context") == FULL else {}
 
 
 def results_table(rows: list[dict]) -> str:

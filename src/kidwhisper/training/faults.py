@@ -9,7 +9,7 @@
 - A NaN/inf loss or gradient: the step is skipped and counted (`BadSteps`); too many in a
   row stop the run with a `TrainingError`.
 - An output folder that cannot be written, or a disk without room for a checkpoint: a
-  `TrainingError` before training starts. Checkpoints are atomic (checkpoint.py), so a disk
+  `TrainingError` before training starts. Checkpoints are atomic (training/checkpoint.py), so a disk
   that fills up later never leaves a half-written one as the latest.
 """
 

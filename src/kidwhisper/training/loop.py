@@ -1,8 +1,8 @@
 """Training recipe: fine-tune a Whisper model as a config describes, on 1 or N processes.
 
-The loop around `trainer.Run`'s step: evaluate before training, take steps until the
+The loop around `run.Run`'s step: evaluate before training, take steps until the
 schedule ends (or early stopping, or a signal), evaluate and checkpoint on the way, and
-log to the console, the progress bar and TensorBoard. Faults it meets are faults.py's.
+log to the console, the progress bar and TensorBoard. Faults it meets are training/faults.py's.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ def train(config: Config, on_eval=None, resume: bool = True) -> tuple[WhisperMod
     evaluation (with `guard=` the guard set's result when data.guard_eval is set). With
     `resume`, a run with checkpoints continues from the latest."""
     run = Run(config)
-    tc, state = config.training, run.state
     resumed = resume and run.resume()
     state = run.state
     writer = _tensorboard(run.root) if run.dist.is_main else None
@@ -41,71 +40,21 @@ def train(config: Config, on_eval=None, resume: bool = True) -> tuple[WhisperMod
         state.train_utterances,
         run.dist.world_size,
         run.total_steps,
-        tc.batch_size * tc.gradient_accumulation_steps * run.dist.world_size,
+        config.training.batch_size
+        * config.training.gradient_accumulation_steps
+        * run.dist.world_size,
     )
-
-    def evaluate_and_save() -> bool:
-        """Evaluate, checkpoint, and say whether early stopping has run out of patience."""
-        state.peak_memory_mb = max(state.peak_memory_mb, peak_memory_mb(run.device))
-        result = run.evaluate()
-        # The guard set is only reported: stopping and the best checkpoint follow data.eval.
-        guard = run.evaluate(run.guard_set) if result is not None else None
-        wer = result.wer if result else None
-        if result is not None:
-            guard_figures = (
-                {f"guard_{k}": v for k, v in guard.summary().items()} if guard is not None else {}
-            )
-            state.evals.append({"step": state.step, **result.summary(), **guard_figures})
-            log.info("step %d: dev WER %.4f", state.step, result.wer)
-            if guard is not None:
-                log.info("step %d: guard WER %.4f", state.step, guard.wer)
-            if state.best_wer is None or result.wer < state.best_wer:
-                state.best_wer, state.best_step = result.wer, state.step
-                state.evals_without_improvement = 0
-            else:
-                state.evals_without_improvement += 1
-            if writer:
-                writer.add_scalar("eval/wer", result.wer, state.step)
-                if guard is not None:
-                    writer.add_scalar("eval/guard_wer", guard.wer, state.step)
-            if on_eval and run.dist.is_main:
-                on_eval(state, result, **({"guard": guard} if guard is not None else {}))
-        if state.step > 0:
-            run.save(wer)
-        patience = tc.early_stopping_patience
-        return bool(patience and state.evals_without_improvement >= patience)
-
     if config.evaluation.before_training and not resumed:
-        evaluate_and_save()
-
-    batches = batch_stream(run.loader, run.sampler, run.position, run.problems)
-    run.model.train()
+        # The starting model in the window it was trained in (30 s for Whisper's own
+        # weights): scored with the short input it never saw, it would look far worse.
+        evaluate_and_save(run, writer, on_eval, context=run.wm.trained_context)
     start_step = state.step
-    progress = tqdm(
-        total=run.total_steps, initial=state.step, desc="training", disable=not run.dist.is_main
-    )
     try:
-        with faults.StopSignals() as signals:
-            while state.step < run.total_steps:
-                step_start = time.perf_counter()
-                loss, grad_norm, taken = run.train_step(batches)
-                state.train_seconds += time.perf_counter() - step_start  # kept across resumes
-                state.bad_steps += not taken
-                run.bad_steps.record(taken, state.step, loss, grad_norm)
-                due = taken and after_step(run, writer, progress, loss, grad_norm, step_start)
-                if due and evaluate_and_save() and state.step < run.total_steps:
-                    log.info("early stop: %d evaluations without a better WER",
-                             state.evals_without_improvement)  # fmt: skip
-                    state.stopped_early = True
-                    break
-                if distributed.all_reduce_sum(signals.received is not None, run.device):
-                    signum = signals.received or signal.SIGTERM  # another process got it
-                    raise faults.Interrupted(signum, state.step, run.save_now())
+        _steps(run, writer, on_eval)
     except faults.Interrupted:
         run.close()  # every process stops here together, after the checkpoint
         raise
     finally:
-        progress.close()
         if writer:
             writer.close()
     run.gather_problems()
@@ -114,6 +63,73 @@ def train(config: Config, on_eval=None, resume: bool = True) -> tuple[WhisperMod
     log.info("training data: %s", run.problems.summary())
     run.close()  # the last collective is behind us
     return run.wm, state
+
+
+def _steps(run: Run, writer, on_eval) -> None:
+    """Optimisation steps until the schedule ends, early stopping, or a signal (which
+    checkpoints and raises `faults.Interrupted` on every process)."""
+    state = run.state
+    batches = batch_stream(run.loader, run.sampler, run.position, run.problems)
+    run.model.train()
+    progress = tqdm(
+        total=run.total_steps, initial=state.step, desc="training", disable=not run.dist.is_main
+    )
+    with progress, faults.StopSignals() as signals:
+        while state.step < run.total_steps:
+            step_start = time.perf_counter()
+            loss, grad_norm, taken = run.train_step(batches)
+            state.train_seconds += time.perf_counter() - step_start  # kept across resumes
+            state.bad_steps += not taken
+            run.bad_steps.record(taken, state.step, loss, grad_norm)
+            due = taken and after_step(run, writer, progress, loss, grad_norm, step_start)
+            if due and evaluate_and_save(run, writer, on_eval) and state.step < run.total_steps:
+                log.info("early stop: %d evaluations without a better WER",
+                         state.evals_without_improvement)  # fmt: skip
+                state.stopped_early = True
+                return
+            if distributed.all_reduce_sum(signals.received is not None, run.device):
+                signum = signals.received or signal.SIGTERM  # another process got it
+                raise faults.Interrupted(signum, state.step, run.save_now())
+
+
+def evaluate_and_save(run: Run, writer, on_eval, context: str | float | None = None) -> bool:
+    """Evaluate (the dev set, and the guard set beside it), checkpoint, and say whether
+    early stopping has run out of patience. The guard set is only reported: stopping and
+    the best checkpoint follow data.eval."""
+    state = run.state
+    state.peak_memory_mb = max(state.peak_memory_mb, peak_memory_mb(run.device))
+    result = run.evaluate(context=context)
+    guard = run.evaluate(run.guard_set, context) if result is not None else None
+    if result is not None:
+        _record_eval(run, writer, result, guard, context)
+        if on_eval and run.dist.is_main:
+            on_eval(state, result, **({"guard": guard} if guard is not None else {}))
+    if state.step > 0:
+        run.save(result.wer if result else None)
+    patience = run.config.training.early_stopping_patience
+    return bool(patience and state.evals_without_improvement >= patience)
+
+
+def _record_eval(run: Run, writer, result, guard, context: str | float | None) -> None:
+    """An evaluation into the state (curve, best step, patience), the log and TensorBoard."""
+    state = run.state
+    guard_figures = {f"guard_{k}": v for k, v in guard.summary().items()} if guard else {}
+    used = run.wm.audio_context if context is None else context
+    state.evals.append(
+        {"step": state.step, **result.summary(), **guard_figures, "audio_context": used}
+    )
+    log.info("step %d: dev WER %.4f (audio context %s)", state.step, result.wer, used)
+    if guard is not None:
+        log.info("step %d: guard WER %.4f", state.step, guard.wer)
+    if state.best_wer is None or result.wer < state.best_wer:
+        state.best_wer, state.best_step = result.wer, state.step
+        state.evals_without_improvement = 0
+    else:
+        state.evals_without_improvement += 1
+    if writer:
+        writer.add_scalar("eval/wer", result.wer, state.step)
+        if guard is not None:
+            writer.add_scalar("eval/guard_wer", guard.wer, state.step)
 
 
 def after_step(run: Run, writer, progress, loss: float, grad_norm: float, start: float) -> bool:

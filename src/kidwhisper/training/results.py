@@ -59,7 +59,9 @@ def _adaptation(config: Config) -> str:
 def _wer_table(before: dict, after: dict, average: dict | None) -> list[str]:
     """Before / after training (and the final averaged model's column, if any)."""
     columns = [before, after] + ([average] if average else [])
-    names = ["before", "after"] + ([f"average of steps {average['steps']}"] if average else [])
+    window = f" ({before['audio_context']} window)" if "audio_context" in before else ""
+    names = [f"before{window}", "after"]
+    names += [f"average of steps {average['steps']}"] if average else []
     lines = [f"| | {' | '.join(names)} |", "|---" * (len(names) + 1) + "|"]
 
     def row(label: str, get) -> None:

@@ -50,7 +50,7 @@ from kidwhisper.inference.evaluation import (
     score_predictions,
     transcribe,
 )
-from kidwhisper.models import adapters as lora
+from kidwhisper.models import adapters
 from kidwhisper.models.factory import ModelFactory
 from kidwhisper.training import checkpoint as ckpt
 from kidwhisper.training import distributed, faults
@@ -147,33 +147,57 @@ class Run:
     """Everything one training run holds: model, data, optimiser, state and its folders."""
 
     def __init__(self, config: Config) -> None:
-        tc = config.training
         self.config = config
+        self._setup_process()
+        # Everything that can fail on the config or the data fails here, before the model
+        # is loaded: the output folders, the manifests, one global batch's worth of clips.
+        train_set = self._setup_data()
+        train_set = self._setup_model(train_set)
+        self._setup_loader(train_set)
+        self._setup_optimizer()
+        self.position = [0, 0]  # this rank's [epoch, batches used]
+        self.saved_step: int | None = None
+        self.splits = 1  # each micro-batch is cut into this many (raised by on_oom: halve)
+        self.bad_steps = faults.BadSteps(config.training.max_bad_steps)
+        self.logged = (0, 0.0)  # samples and audio seconds at the last TensorBoard step
+
+    def _setup_process(self) -> None:
+        """This process's place in the job: rank, device, precision, seed, output folder."""
+        tc = self.config.training
         self.dist = distributed.init("cuda" if pick_device(tc.device).type == "cuda" else "cpu")
         self.device = pick_device(tc.device, self.dist.local_rank)
         self.amp_dtype = pick_dtype(tc.precision, self.device)
         seed_everything(tc.seed)
-        self.root = Path(config.output.checkpoints_dir) / config.output.name
-        # Everything that can fail on the config or the data fails here, before the model
-        # is loaded: the output folders, the manifests, one global batch's worth of clips.
+        self.root = Path(self.config.output.checkpoints_dir) / self.config.output.name
         if self.dist.is_main:
             faults.check_writable(self.root, "output.checkpoints_dir")
-            faults.check_writable(Path(config.output.experiments_dir), "output.experiments_dir")
+            faults.check_writable(
+                Path(self.config.output.experiments_dir), "output.experiments_dir"
+            )
         self.state = TrainState()
-        self.problems = DataProblems(config.data.bad_entries, self.state.skipped)
-        train_set = self._training_set()
-        augmenter = build_augmenter(config.augment, tc.seed)  # reads the noise folder
-        self.eval_set = load_utterances([config.data.eval] if config.data.eval else [], None)
-        self.eval_set = self.eval_set[: config.data.max_eval_samples or None]
-        guard = [config.data.guard_eval] if config.data.guard_eval else []
-        self.guard_set = load_utterances(guard, config.data.max_eval_samples)
-        self.sampler = self._sampler(train_set)
+        self.problems = DataProblems(self.config.data.bad_entries, self.state.skipped)
 
-        self.wm = ModelFactory(config).create()
+    def _setup_data(self) -> list[Utterance]:
+        """The screened training set, the dev and guard sets, the augmenter and sampler."""
+        data = self.config.data
+        train_set = self._training_set()
+        self.augmenter = build_augmenter(self.config.augment, self.config.training.seed)
+        self.eval_set = load_utterances([data.eval] if data.eval else [], None)
+        self.eval_set = self.eval_set[: data.max_eval_samples or None]
+        guard = [data.guard_eval] if data.guard_eval else []
+        self.guard_set = load_utterances(guard, data.max_eval_samples)
+        self.sampler = self._sampler(train_set)
+        return train_set
+
+    def _setup_model(self, train_set: list[Utterance]) -> list[Utterance]:
+        """Load the model, screen the labels with its tokenizer, and make it trainable here
+        (device, checkpointing, KL anchor, frozen parts and adapters, DDP/FSDP)."""
+        tc = self.config.training
+        self.wm = ModelFactory(self.config).create()
         # The labels' checks need the tokenizer: a second pass, now that it is loaded.
-        max_label_tokens = self.wm.model.config.max_target_positions
+        self.max_label_tokens = self.wm.model.config.max_target_positions
         checked = screen_labels(
-            train_set, self.wm.tokenizer, self.wm.special, max_label_tokens, self.problems
+            train_set, self.wm.tokenizer, self.wm.special, self.max_label_tokens, self.problems
         )
         if len(checked) < len(train_set):
             train_set = self._usable(checked)
@@ -185,33 +209,45 @@ class Run:
         if tc.gradient_checkpointing:
             model.gradient_checkpointing_enable({"use_reentrant": False})
         self.anchor = KLAnchor(model, tc.kl_weight, tc.kl_schedule) if tc.kl_weight else None
-        self.param_counts = lora.prepare(model, config)  # frozen parts, LoRA adapters
+        self.param_counts = adapters.prepare(model, self.config)  # frozen parts, LoRA
         self.state.trainable_params, self.state.total_params = self.param_counts
         self.model = distributed.wrap(model, tc.strategy, self.dist)
+        return train_set
+
+    def _setup_loader(self, train_set: list[Utterance]) -> None:
+        """The DataLoader over the training set, batched by the sampler; the step count."""
+        tc = self.config.training
         dataset = SpeechDataset(
             train_set,
             self.wm.n_mels,
             self.wm.tokenizer,
             self.wm.special,
-            max_label_tokens=max_label_tokens,
+            max_label_tokens=self.max_label_tokens,
             context=self.wm.audio_context,
             seconds_range=self.seconds_range,
-            augmenter=augmenter,
+            augmenter=self.augmenter,
         )
         self.loader = DataLoader(
             dataset,
             batch_sampler=self.sampler,
-            num_workers=config.data.num_workers,
+            num_workers=self.config.data.num_workers,
             collate_fn=WhisperCollator(self.wm.special),
             worker_init_fn=faults.ignore_interrupts,
             # Its own generator: starting an epoch (or the first after a resume) then leaves the
             # global RNG, which dropout (LoRA's) draws from, as the checkpoint restored it.
             generator=torch.Generator().manual_seed(tc.seed),
         )
+        self.state.train_utterances = len(dataset)
         steps_per_epoch = max(1, len(self.sampler) // tc.gradient_accumulation_steps)
         self.total_steps = tc.max_steps or math.ceil(tc.epochs * steps_per_epoch)
         if self.anchor:
             self.anchor.total_steps = self.total_steps
+
+    def _setup_optimizer(self) -> None:
+        """AdamW (per-part learning rates), the schedule, and fp16's gradient scaler."""
+        tc = self.config.training
+        # Built on the unwrapped model (after FSDP's sharding): parameter names decide groups.
+        model = distributed.unwrap(self.model)
         self.optimizer = build_optimizer(
             model, tc.lr, tc.weight_decay, tc.encoder_lr, tc.decoder_lr
         )
@@ -221,12 +257,6 @@ class Run:
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16
         )
-        self.state.train_utterances = len(dataset)
-        self.position = [0, 0]  # this rank's [epoch, batches used]
-        self.saved_step: int | None = None
-        self.splits = 1  # each micro-batch is cut into this many (raised by on_oom: halve)
-        self.bad_steps = faults.BadSteps(tc.max_bad_steps)
-        self.logged = (0, 0.0)  # samples and audio seconds at the last TensorBoard step
 
     @property
     def seconds_range(self) -> tuple[float, float]:
@@ -245,7 +275,8 @@ class Run:
         return kept
 
     def _sampler(self, train_set: list[Utterance]) -> ResumableBatchSampler:
-        """Batches of the training set; drawn by weight with mixing or balance (weighting.py)."""
+        """Batches of the training set; drawn by weight with mixing or balance
+        (data/weighting.py)."""
         data, tc = self.config.data, self.config.training
         weights = item_weights(train_set, data.train_weights, tc.balance, data.train)
         return make_sampler(train_set, tc, self.dist.rank, self.dist.world_size, weights)
@@ -316,16 +347,20 @@ class Run:
 
     # --- evaluation and checkpoints ----------------------------------------------------------
 
-    def evaluate(self, utterances: list[Utterance] | None = None) -> EvalResult | None:
+    def evaluate(
+        self, utterances: list[Utterance] | None = None, context: str | float | None = None
+    ) -> EvalResult | None:
         """Each process decodes its share of the dev set (or of `utterances`, e.g. the guard
-        set); every process gets the scores."""
+        set); every process gets the scores. `context` overrides the audio context (the
+        starting model is scored in the window it was trained in)."""
         utterances = self.eval_set if utterances is None else utterances
         if not utterances:
             return None
         ev, d = self.config.evaluation, self.dist
         start = time.perf_counter()
         shard = utterances[d.rank :: d.world_size]
-        with distributed.gathered(self.model):
+        context = self.wm.audio_context if context is None else context
+        with distributed.gathered(self.model), self.wm.context(context):
             texts, errors = transcribe(
                 self.wm, shard, ev.batch_size, decoding_options(ev), progress=d.is_main
             )
@@ -361,7 +396,7 @@ class Run:
             ckpt.save_checkpoint(
                 self.root,
                 self.state.step,
-                lambda folder: lora.save_model(self.wm, folder, weights, self.config),
+                lambda folder: ckpt.save_model(self.wm, folder, weights, self.config),
                 trainer_state,
                 {"step": self.state.step, "wer": wer, "code_version": ckpt.code_version()},
                 dump_config(self.config),
@@ -388,7 +423,7 @@ class Run:
         latest = ckpt.latest_checkpoint(self.root)
         if latest is None:
             return False
-        distributed.load_model_state(self.model, lora.checkpoint_state(latest))
+        distributed.load_model_state(self.model, ckpt.checkpoint_state(latest))
         saved = ckpt.load_trainer_state(latest)
         distributed.load_optimizer_state(self.model, self.optimizer, saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
