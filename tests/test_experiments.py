@@ -49,7 +49,7 @@ def test_report_rewrites_only_the_results_block(root: Path, tmp_path: Path):
     metrics = {
         "variant": "small",
         "steps": 10,
-        "eval_before": {"wer": 0.5},
+        "eval_before": {"wer": 0.5, "audio_context": "full"},
         "eval_after": {"wer": 0.25, "wer_by_age": {"5-7": 0.3, "8-11": 0.2}},
         "best_wer": 0.25,
         "wall_seconds": 120,
@@ -61,6 +61,13 @@ def test_report_rewrites_only_the_results_block(root: Path, tmp_path: Path):
         "| baseline_001 | small | 10 | 50.00% | 25.00% | 25.00% | 5-7: 30.00%, 8-11: 20.00% |"
         in table
     )
+    # A run from before the window was recorded, whose config used short input: its
+    # "before" figure was measured outside the starting model's window, so it is left out.
+    metrics["eval_before"] = {"wer": 0.9}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    config = folder / "config.yaml"
+    config.write_text(config.read_text().replace("model:", "model:\n  audio_context: batch", 1))
+    assert "| baseline_001 | small | 10 | n/a | 25.00% |" in results_table(collect_results(root))
     readme = tmp_path / "README.md"
     readme.write_text("# Title\n\nintro\n")
     update_readme(readme, table)
