@@ -19,12 +19,8 @@ from kidwhisper.submission.package import (
     module_file,
     shipped_sources,
 )
-from kidwhisper.submission.runner import (
-    extract_zip,
-    run_submission,
-    runtime_layout,
-    validate_submission,
-)
+from kidwhisper.submission.runner import run_submission, runtime_layout, validate_submission
+from kidwhisper.submission.unpack import extract_zip
 
 from .conftest import QUICKSTART, SHARED, SO762, needs_shared
 
@@ -209,12 +205,10 @@ def test_runtime_layout_hides_the_references(tmp_path):
     assert _jsonl(out / "submission_format.jsonl") == [
         {"utterance_id": row["utterance_id"], "orthographic_text": ""} for row in source
     ]
-    for row in metadata:
-        audio = out / row["audio_path"]
-        assert (
-            audio.is_symlink()
-            and audio.resolve() == (manifest.parent / row["audio_path"]).resolve()
-        )
+    for row, original in zip(metadata, source, strict=True):
+        audio = out / row["audio_path"]  # a read-only copy, no link back to the user's file
+        assert not audio.is_symlink() and audio.stat().st_mode & 0o777 == 0o444
+        assert audio.read_bytes() == (manifest.parent / original["audio_path"]).read_bytes()
     with pytest.raises(FileExistsError):
         runtime_layout(manifest, out)
 

@@ -221,7 +221,9 @@ def cmd_package_submission(args: argparse.Namespace) -> int:
 def cmd_run_submission(args: argparse.Namespace) -> int:
     from kidwhisper.submission.runner import run_submission
 
-    report = run_submission(args.zip, args.data, args.workdir, timeout=args.timeout)
+    report = run_submission(
+        args.zip, args.data, args.workdir, timeout=args.timeout, allow_network=args.allow_network
+    )
     print("\n".join(report.summary_lines()))
     print(f"work folder: {report.workdir}")
     return 0 if report.valid else 1

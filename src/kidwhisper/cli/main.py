@@ -239,6 +239,11 @@ def _add_submission(sub) -> None:
     )
     p.add_argument("--workdir", help="new or empty folder to run in (default: a temp folder)")
     p.add_argument("--timeout", type=float, help="stop main.py after this many seconds")
+    p.add_argument(
+        "--allow-network",
+        action="store_true",
+        help="run main.py even where its network cannot be cut (no bwrap, no unshare -n)",
+    )
     p.set_defaults(func=cmd_run_submission)
 
 

@@ -7,6 +7,7 @@ the leaf errors module.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from kidwhisper.errors import UserError
@@ -16,6 +17,8 @@ MODEL_DIR = "model"  # the model folder at the root of the zip
 METADATA = "utterance_metadata.jsonl"  # the runtime's data/ files
 FORMAT = "submission_format.jsonl"
 SUBMISSION = Path("submission") / "submission.jsonl"  # what main.py writes, from its cwd
+# A name that is a file name everywhere: letters, digits, `._-`, not starting with a dot.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
@@ -32,3 +35,8 @@ def unsafe_member(name: str) -> str | None:
     if ".." in PurePosixPath(name.replace("\\", "/")).parts:
         return "'..' in its path"
     return None
+
+
+def plain_name(name: object) -> bool:
+    """Whether `name` can be used as a file name as it is (no separator, no `..`, no dot file)."""
+    return isinstance(name, str) and PLAIN_NAME.fullmatch(name) is not None

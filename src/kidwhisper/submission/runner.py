@@ -1,26 +1,28 @@
 """`kidwhisper run-submission`: run a submission.zip as the competition runtime would.
 
-    <workdir>/src/         the zip, unpacked (a member whose path escapes it is refused)
-    <workdir>/data/        utterance_metadata.jsonl, submission_format.jsonl, audio/ (symlinks)
+    <workdir>/src/         the zip, unpacked after its sizes and names are checked (unpack.py)
+    <workdir>/data/        read-only COPIES of utterance_metadata.jsonl,
+                           submission_format.jsonl and audio/ (nothing links to the user's files)
     <workdir>/submission/  where main.py writes submission.jsonl
+    <workdir>/home/, tmp/  main.py's HOME (with its caches) and TMPDIR
     <workdir>/log.txt      everything main.py printed
 
-`python src/main.py` runs from <workdir> in a sanitised environment (no PYTHONPATH, the Hub
-offline) and, where the OS allows it, without a network (`unshare -rn`). The result is then
-checked line by line against submission_format.jsonl. `runtime_layout` turns a manifest with
+`python src/main.py` runs from <workdir> confined by sandbox.py: in bubblewrap where it
+works (the work folder its only writable place, no network), else without a network
+(`unshare -n`), else only with `--allow-network`; its whole process group is killed when it
+ends or runs past `--timeout`. The result is then checked line by line against the ids of
+submission_format.jsonl, read before main.py ran. `runtime_layout` turns a manifest with
 references (the competition's training schema) into that layout, so a run can also be scored.
 """
 
 from __future__ import annotations
 
-import functools
+import collections
 import json
-import os
-import subprocess
+import shutil
 import sys
 import tempfile
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,77 +30,61 @@ from kidwhisper.inference.scoring import percent
 from kidwhisper.submission.common import (
     FORMAT,
     METADATA,
-    OFFLINE_ENV,
     SUBMISSION,
     SubmissionError,
-    unsafe_member,
+    plain_name,
 )
+from kidwhisper.submission.sandbox import Isolation, choose_isolation, run_confined
+from kidwhisper.submission.unpack import extract_zip
 
 RUNTIME_LOG_LINES = 500  # the runtime keeps no more of the log
 MAX_REASONS = 10
-KEPT_ENV = (
-    "PATH",
-    "HOME",
-    "USER",
-    "LOGNAME",
-    "LANG",
-    "LC_ALL",
-    "LC_CTYPE",
-    "TZ",
-    "TMPDIR",
-    "LD_LIBRARY_PATH",
-    "CUDA_VISIBLE_DEVICES",
-    "NVIDIA_VISIBLE_DEVICES",
-    "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS",
-)
-
-
-# --- unpacking ---------------------------------------------------------------------------
-
-
-def extract_zip(zip_path: str | Path, target: Path) -> list[str]:
-    """Unpack `zip_path` into `target`, refusing the whole archive if any member escapes."""
-    target.mkdir(parents=True, exist_ok=True)
-    root = target.resolve()
-    try:
-        archive = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError) as err:
-        raise SubmissionError(f"{zip_path}: not a readable zip file ({err})") from err
-    with archive:
-        names = archive.namelist()
-        bad = [f"{name!r} ({why})" for name in names if (why := unsafe_member(name))]
-        bad += [
-            f"{name!r} (resolves outside the target)"
-            for name in names
-            if not unsafe_member(name) and not (root / name).resolve().is_relative_to(root)
-        ]
-        if bad:
-            raise SubmissionError(f"{zip_path}: refused, member(s) escape the folder: {bad}")
-        if "main.py" not in names:
-            raise SubmissionError(f"{zip_path}: no main.py at the root of the zip")
-        archive.extractall(target)
-    return names
+LOG_TAIL = 15  # lines of the log shown with an invalid submission
+# 214,000 test clips of about 60 bytes a line make 13 MB; a larger file is not a submission
+# and is not read into memory.
+MAX_SUBMISSION_BYTES = 256 * 2**20
+READ_ONLY = 0o444
 
 
 # --- data layout -------------------------------------------------------------------------
 
 
-def _clean_relative(path: str) -> bool:
-    return not unsafe_member(path) and not Path(path).is_absolute()
+def _read_only_copy(source: str | Path, target: str | Path) -> None:
+    """A copy of the bytes (never a link back to the user's file), read-only."""
+    shutil.copyfile(source, target)
+    Path(target).chmod(READ_ONLY)
+
+
+def _unsafe_ids(manifest: Path) -> list[str]:
+    """`file:line: ...` for each utterance id that is not a plain file name."""
+    problems = []
+    with open(manifest, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if line.strip():
+                uid = json.loads(line)["utterance_id"]
+                if not plain_name(uid):
+                    problems.append(f"{manifest}:{number}: utterance_id {uid!r}")
+    return problems
 
 
 def runtime_layout(manifest: str | Path, out_dir: str | Path) -> Path:
     """Lay a competition-schema manifest out as the runtime's `data/` folder:
     utterance_metadata.jsonl (every field but the text), submission_format.jsonl (empty
-    texts, manifest order) and the audio, symlinked at the same relative paths."""
+    texts, manifest order) and read-only copies of the audio as audio/<id><suffix>. Ids
+    that are not plain file names are refused, each with its line."""
     from kidwhisper.data.dataset import read_manifest
 
     manifest, out_dir = Path(manifest), Path(out_dir)
     read_manifest(manifest, require_text=False)  # fails on a bad line, naming it
+    if bad := _unsafe_ids(manifest):
+        more = f" (and {len(bad) - MAX_REASONS} more)" if len(bad) > MAX_REASONS else ""
+        raise SubmissionError(
+            f"{'; '.join(bad[:MAX_REASONS])}{more}: utterance ids must be plain file names "
+            "(letters, digits, '._-', not starting with a dot); rename them in the manifest"
+        )
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir}: not empty")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "audio").mkdir(parents=True, exist_ok=True)
     with (
         open(manifest, encoding="utf-8") as lines,
         open(out_dir / METADATA, "w", encoding="utf-8") as metadata,
@@ -108,12 +94,11 @@ def runtime_layout(manifest: str | Path, out_dir: str | Path) -> Path:
             if not line.strip():
                 continue
             row = json.loads(line)
-            uid, audio = row["utterance_id"], row["audio_path"]
-            relative = audio if _clean_relative(audio) else f"audio/{uid}{Path(audio).suffix}"
-            link = out_dir / relative
-            link.parent.mkdir(parents=True, exist_ok=True)
-            if not link.is_symlink():
-                link.symlink_to((manifest.parent / audio).resolve())
+            uid, audio = row["utterance_id"], Path(row["audio_path"])
+            suffix = audio.suffix if plain_name(audio.suffix[1:]) else ""
+            relative = f"audio/{uid}{suffix}"
+            if not (out_dir / relative).exists():
+                _read_only_copy(manifest.parent / audio, out_dir / relative)
             meta = {k: (relative if k == "audio_path" else v) for k, v in row.items()}
             meta.pop("orthographic_text", None)
             metadata.write(json.dumps(meta, ensure_ascii=False) + "\n")
@@ -131,10 +116,9 @@ def _runtime_folder(data: Path) -> Path:
     )
 
 
-def _link_folder(source: Path, target: Path) -> None:
-    target.mkdir(parents=True)
-    for entry in source.iterdir():
-        (target / entry.name).symlink_to(entry.resolve())
+def _copy_folder(source: Path, target: Path) -> None:
+    """A read-only copy of a runtime data folder (links in it are followed: bytes copied)."""
+    shutil.copytree(source, target, copy_function=_read_only_copy)
 
 
 # --- validation --------------------------------------------------------------------------
@@ -153,37 +137,55 @@ def _format_ids(submission_format: Path) -> list[str]:
     return ids
 
 
+def _not_a_submission(submission: Path) -> str | None:
+    """Why `submission` cannot be read as one: absent, not a plain file, far too large."""
+    if submission.is_symlink() or submission.parent.is_symlink():
+        return f"{SUBMISSION} is a symbolic link, not a file main.py wrote"
+    if not submission.exists():
+        return f"{SUBMISSION} was not written"
+    if not submission.is_file():
+        return f"{SUBMISSION} is not a regular file"
+    if submission.stat().st_size > MAX_SUBMISSION_BYTES:
+        return f"{SUBMISSION} is over {MAX_SUBMISSION_BYTES // 2**20} MiB"
+    return None
+
+
+def _check_line(where: str, line: str, want: str | None, texts: dict[str, str]) -> list[str]:
+    """Problems with one line of the submission; its text goes into `texts`."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        return [f"{where}: not valid JSON ({err.msg})"]
+    if not isinstance(row, dict) or set(row) != {"utterance_id", "orthographic_text"}:
+        keys = sorted(row) if isinstance(row, dict) else type(row).__name__
+        return [f"{where}: expected utterance_id and orthographic_text, got {keys}"]
+    problems = []
+    uid, text = row["utterance_id"], row["orthographic_text"]
+    if want is not None and uid != want:
+        problems.append(f"{where}: utterance_id {uid!r}, {FORMAT} has {want!r} there")
+    if not isinstance(text, str):
+        problems.append(f"{where}: orthographic_text of {uid!r} is not a string: {text!r}")
+    elif isinstance(uid, str):
+        texts[uid] = text
+    return problems
+
+
 def validate_submission(
-    submission: Path, submission_format: Path
+    submission: Path, submission_format: Path, expected: list[str] | None = None
 ) -> tuple[list[str], dict[str, str]]:
     """Problems with `submission` (empty if valid), and its texts by id. Valid: one JSON
     object per line with exactly `utterance_id` and a string `orthographic_text`, the ids
-    of `submission_format` in its order."""
-    expected = _format_ids(submission_format)
-    if not submission.is_file():
-        return [f"{SUBMISSION} was not written"], {}
+    of `submission_format` (or `expected`, read before main.py could touch it) in order."""
+    if expected is None:
+        expected = _format_ids(submission_format)
+    if why := _not_a_submission(submission):
+        return [why], {}
     problems: list[str] = []
     texts: dict[str, str] = {}
     lines = submission.read_text(encoding="utf-8", errors="replace").splitlines()
     for number, line in enumerate(lines, 1):
-        where = f"{SUBMISSION} line {number}"
         want = expected[number - 1] if number <= len(expected) else None
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            problems.append(f"{where}: not valid JSON ({err.msg})")
-            continue
-        if not isinstance(row, dict) or set(row) != {"utterance_id", "orthographic_text"}:
-            keys = sorted(row) if isinstance(row, dict) else type(row).__name__
-            problems.append(f"{where}: expected utterance_id and orthographic_text, got {keys}")
-            continue
-        uid, text = row["utterance_id"], row["orthographic_text"]
-        if want is not None and uid != want:
-            problems.append(f"{where}: utterance_id {uid!r}, {FORMAT} has {want!r} there")
-        if not isinstance(text, str):
-            problems.append(f"{where}: orthographic_text of {uid!r} is not a string: {text!r}")
-        elif isinstance(uid, str):
-            texts[uid] = text
+        problems += _check_line(f"{SUBMISSION} line {number}", line, want, texts)
     if len(lines) != len(expected):
         problems.append(f"{SUBMISSION} has {len(lines)} lines, {FORMAT} has {len(expected)}")
     if len(problems) > MAX_REASONS:
@@ -192,29 +194,6 @@ def validate_submission(
 
 
 # --- running -----------------------------------------------------------------------------
-
-
-@functools.cache
-def network_isolation() -> list[str]:
-    """`unshare -rn` (a user namespace without network) if this machine allows it, else []."""
-    try:
-        done = subprocess.run(["unshare", "-rn", "true"], capture_output=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return ["unshare", "-rn"] if done.returncode == 0 else []
-
-
-def runtime_env(workdir: Path) -> dict[str, str]:
-    """A minimal environment: no PYTHONPATH or virtualenv variables, the Hub offline."""
-    env = {name: os.environ[name] for name in KEPT_ENV if name in os.environ}
-    env.update(OFFLINE_ENV)
-    env.update(
-        PYTHONNOUSERSITE="1",
-        PYTHONDONTWRITEBYTECODE="1",
-        PYTHONUNBUFFERED="1",
-        HF_HOME=str(workdir / ".cache" / "huggingface"),  # the runtime has no Hub cache
-    )
-    return env
 
 
 @dataclass
@@ -234,6 +213,7 @@ class SubmissionReport:
     wer_by_age: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     log_tail: list[str] = field(default_factory=list)
+    texts: dict[str, str] = field(default_factory=dict, repr=False)  # by utterance id
 
     def summary_lines(self) -> list[str]:
         lines = ["valid submission" if self.valid else "INVALID submission"]
@@ -263,90 +243,113 @@ def _references(manifest: Path):
         return None
 
 
+def _work_folder(workdir: str | Path | None) -> Path:
+    """The new or empty folder to run in (a new temporary one when unset)."""
+    if workdir is None:
+        return Path(tempfile.mkdtemp(prefix="kidwhisper-submission-")).resolve()
+    workdir = Path(workdir).resolve()
+    if workdir.exists() and not workdir.is_dir():
+        raise SubmissionError(f"--workdir {workdir}: a file, not a folder; give a new folder")
+    if workdir.exists() and any(workdir.iterdir()):
+        raise FileExistsError(f"--workdir {workdir}: must be new or empty")
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir
+
+
+def _lay_out_data(data: Path, target: Path) -> list | None:
+    """Read-only copies of the runtime data in `target`; the references when `data` is a
+    manifest that has them (then the run is scored)."""
+    if data.is_file():
+        runtime_layout(data, target)
+        for name in (METADATA, FORMAT):
+            (target / name).chmod(READ_ONLY)
+        return _references(data)
+    _copy_folder(_runtime_folder(data), target)
+    return None
+
+
+@dataclass
+class _Run:
+    returncode: int | None
+    seconds: float
+    log_lines: int
+    log_tail: list[str]
+
+
+def _run_main(workdir: Path, python: str | None, timeout: float | None, isolation) -> _Run:
+    """`python src/main.py` from `workdir`, confined; its output into log.txt."""
+    command = [python or sys.executable, "src/main.py"]
+    start = time.perf_counter()
+    with open(workdir / "log.txt", "w+b") as log:
+        returncode = run_confined(command, workdir, log, isolation, timeout)
+        seconds = time.perf_counter() - start
+        log.seek(0)  # read through this handle: main.py may have replaced the file itself
+        tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL)
+        count = 0
+        for line in log:
+            count += 1
+            tail.append(line.decode("utf-8", errors="replace").rstrip("\n"))
+    return _Run(returncode, seconds, count, list(tail))
+
+
 def run_submission(
     zip_path: str | Path,
     data: str | Path,
     workdir: str | Path | None = None,
     python: str | None = None,
     timeout: float | None = None,
+    allow_network: bool = False,
 ) -> SubmissionReport:
     """Run `zip_path` on `data` (a runtime data folder, or a competition-schema manifest,
-    laid out with `runtime_layout` and scored when it has references) as the runtime would."""
+    laid out with `runtime_layout` and scored when it has references) as the runtime would,
+    confined as sandbox.py describes (refused without a network cut unless `allow_network`)."""
     zip_path, data = Path(zip_path), Path(data)
     if not zip_path.is_file():
         raise FileNotFoundError(f"{zip_path}: no such file")
     if not data.exists():
         raise FileNotFoundError(f"{data}: no such file or folder")
-    if workdir is None:
-        workdir = Path(tempfile.mkdtemp(prefix="kidwhisper-submission-"))
-    workdir = Path(workdir).resolve()
-    if workdir.exists() and any(workdir.iterdir()):
-        raise FileExistsError(f"{workdir}: the work folder must be new or empty")
-    workdir.mkdir(parents=True, exist_ok=True)
-
+    isolation = choose_isolation(allow_network)
+    workdir = _work_folder(workdir)
     extract_zip(zip_path, workdir / "src")
-    references = None
-    if data.is_file():
-        runtime_layout(data, workdir / "data")
-        references = _references(data)
-    else:
-        _link_folder(_runtime_folder(data), workdir / "data")
+    references = _lay_out_data(data, workdir / "data")
+    expected = _format_ids(workdir / "data" / FORMAT)  # before main.py can touch it
     (workdir / "submission").mkdir()
+    run = _run_main(workdir, python, timeout, isolation)
+    report = _report(workdir, run, expected, isolation, timeout)
+    if report.valid and references is not None:
+        _score(report, references, report.texts)
+    return report
 
-    isolation = network_isolation()
-    network = (
-        "off (unshare -rn)"
-        if isolation
-        else "NOT isolated (unshare -rn unavailable); HF_HUB_OFFLINE=1, TRANSFORMERS_OFFLINE=1"
-    )
-    command = [*isolation, python or sys.executable, "src/main.py"]
-    log_path = workdir / "log.txt"
-    start = time.perf_counter()
-    reasons: list[str] = []
-    with open(log_path, "wb") as log:
-        try:
-            done = subprocess.run(
-                command,
-                cwd=workdir,
-                env=runtime_env(workdir),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                timeout=timeout,
-            )
-            returncode: int | None = done.returncode
-        except subprocess.TimeoutExpired:
-            returncode = None
-            reasons.append(f"main.py ran past the {timeout:.0f} s limit and was stopped")
-    seconds = time.perf_counter() - start
-    if returncode:
-        reasons.append(f"main.py exited with code {returncode}")
 
-    log_text = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+def _report(
+    workdir: Path, run: _Run, expected: list[str], isolation: Isolation, timeout: float | None
+) -> SubmissionReport:
+    reasons = []
+    if run.returncode is None:
+        reasons.append(f"main.py ran past the {timeout:.0f} s limit and was stopped")
+    elif run.returncode:
+        reasons.append(f"main.py exited with code {run.returncode}")
     submission = workdir / SUBMISSION
-    problems, texts = validate_submission(submission, workdir / "data" / FORMAT)
-    reasons += problems
-    expected = _format_ids(workdir / "data" / FORMAT)
+    problems, texts = validate_submission(submission, workdir / "data" / FORMAT, expected)
     report = SubmissionReport(
-        valid=not reasons,
-        reasons=reasons,
+        valid=not reasons + problems,
+        reasons=reasons + problems,
         utterances=len(expected),
         empty=sum(1 for uid in expected if not texts.get(uid)),
-        log_lines=len(log_text),
-        seconds=seconds,
-        returncode=returncode,
-        network=network,
+        log_lines=run.log_lines,
+        seconds=run.seconds,
+        returncode=run.returncode,
+        network=isolation.network,
         workdir=workdir,
-        log=log_path,
+        log=workdir / "log.txt",
         submission=submission,
-        log_tail=log_text[-15:],
+        log_tail=run.log_tail,
+        texts=texts,
     )
-    if len(log_text) > RUNTIME_LOG_LINES:
+    if run.log_lines > RUNTIME_LOG_LINES:
         report.warnings.append(
-            f"the log has {len(log_text)} lines; the runtime keeps only {RUNTIME_LOG_LINES}"
+            f"the log has {run.log_lines} lines; the runtime keeps only {RUNTIME_LOG_LINES}"
         )
-    if report.valid and references is not None:
-        _score(report, references, texts)
     return report
 
 
