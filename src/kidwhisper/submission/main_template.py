@@ -105,22 +105,32 @@ def jsonl_rows(path: Path) -> list[tuple[int, object]]:
     return rows
 
 
-def read_inputs(data: Path) -> tuple[list[str], list[Utterance], int]:
-    """The ids to write (submission_format order), the utterances to decode, and how many
-    ids have no usable metadata line."""
-    ids = []
+def _string_id(path: Path, number: int, row: object) -> str | None:
+    """The line's utterance_id if it is a string; else None, logged."""
+    uid = row.get("utterance_id") if isinstance(row, dict) else None
+    if not isinstance(uid, str):
+        log.warning("%s:%d: utterance_id %r is not a string; line skipped", path.name, number, uid)
+        return None
+    return uid
+
+
+def read_inputs(data: Path) -> tuple[list[str], list[Utterance], int, int]:
+    """The ids to write (submission_format order), the utterances to decode, how many ids
+    have no usable metadata line, and how many lines had no string utterance_id."""
+    ids, skipped = [], 0
     for number, row in jsonl_rows(data / FORMAT):
-        uid = row.get("utterance_id") if isinstance(row, dict) else None
-        if isinstance(uid, str):
+        uid = _string_id(data / FORMAT, number, row)
+        skipped += uid is None
+        if uid is not None:
             ids.append(uid)
-        else:
-            log.warning("submission_format.jsonl:%d: no utterance_id; line skipped", number)
     wanted = set(ids)
     found: dict[str, Utterance] = {}
     for number, row in jsonl_rows(data / METADATA):
-        if not isinstance(row, dict) or row.get("utterance_id") not in wanted:
+        uid = _string_id(data / METADATA, number, row)
+        skipped += uid is None
+        if uid is None or uid not in wanted:
             continue
-        uid, audio = row["utterance_id"], row.get("audio_path")
+        audio = row.get("audio_path")
         if not isinstance(audio, str) or uid in found:
             log.warning("utterance_metadata.jsonl:%d: no audio_path or a repeated id", number)
             continue
@@ -130,9 +140,9 @@ def read_inputs(data: Path) -> tuple[list[str], list[Utterance], int]:
             audio=data / audio,
             text=None,
             duration=float(duration) if isinstance(duration, int | float) else None,
-            age_bucket=row.get("age_bucket"),
+            age_bucket=age if isinstance(age := row.get("age_bucket"), str) else None,
         )
-    return ids, list(found.values()), len(wanted - found.keys())
+    return ids, list(found.values()), len(wanted - found.keys()), skipped
 
 
 def read_settings() -> dict:
@@ -243,7 +253,7 @@ def main() -> int:
     data = Path.cwd() / "data"
     if not (data / FORMAT).is_file():
         data = HERE.parent / "data"
-    ids, utterances, missing = read_inputs(data)
+    ids, utterances, missing, skipped = read_inputs(data)
     log.info(
         "%d ids to transcribe, %d with audio, %d without metadata",
         len(ids),
@@ -266,6 +276,8 @@ def main() -> int:
     empty = sum(1 for uid in ids if not texts.get(uid))
     keep("wrote %s: %d lines, %d empty", SUBMISSION, len(ids), empty)
     keep("%d clip(s) unreadable or undecodable, %d id(s) without metadata", len(errors), missing)
+    if skipped:
+        keep("%d line(s) skipped: utterance_id missing or not a string", skipped)
     if utterances:
         rate = len(utterances) / max(decoded - loaded, 1e-9)
         keep(

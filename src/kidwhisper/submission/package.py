@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import os
 import sys
 import tempfile
 import time
@@ -249,6 +250,7 @@ def package_submission(
     from kidwhisper.models.factory import load_model
 
     start = time.perf_counter()
+    out_zip = _check_out(model_source, Path(out_zip))
     batch_size = EvaluationConfig.batch_size if batch_size is None else batch_size
     if batch_size < 1:
         raise SubmissionError(f"batch size must be at least 1, not {batch_size}")
@@ -271,7 +273,6 @@ def package_submission(
         "kidwhisper_version": kidwhisper.__version__,
         "packaged": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    out_zip = Path(out_zip)
     entries = _write_zip(out_zip, wm, main, settings, sources)
     return PackageReport(
         path=out_zip,
@@ -283,6 +284,20 @@ def package_submission(
         seconds=time.perf_counter() - start,
         warnings=warnings,
     )
+
+
+def _check_out(model_source: str, out_zip: Path) -> Path:
+    """`out_zip`, refused when it is a folder or lies inside the model folder it packages
+    (the zip would be written over, or into, its own input)."""
+    source = Path(model_source).expanduser()
+    if out_zip.is_dir():
+        raise SubmissionError(f"--out {out_zip}: a folder; name the zip to write")
+    if source.exists() and out_zip.resolve().is_relative_to(source.resolve()):
+        raise SubmissionError(
+            f"--out {out_zip}: inside {model_source}, the model being packaged; "
+            "write the zip somewhere else"
+        )
+    return out_zip
 
 
 def _set_context(wm, model_source: str, audio_context: str | float | None) -> list[str]:
@@ -309,7 +324,24 @@ def _write_zip(
     """main.py, the settings, the shipped modules and the model, into a temporary zip that
     is checked and then renamed into place; returns its (name, size) entries."""
     out_zip.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_zip.with_name(out_zip.name + ".partial")
+    handle, name = tempfile.mkstemp(
+        prefix=f".{out_zip.name}.", suffix=".partial", dir=out_zip.parent
+    )
+    os.close(handle)
+    partial = Path(name)
+    try:
+        entries = _fill_zip(partial, wm, main, settings, sources)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # the temporary file this function made
+        raise
+    partial.chmod(0o644)  # mkstemp made it private; a zip is for sharing
+    partial.replace(out_zip)
+    return entries
+
+
+def _fill_zip(
+    partial: Path, wm, main: str, settings: dict, sources: dict[str, str]
+) -> list[tuple[str, int]]:
     with tempfile.TemporaryDirectory(prefix="kidwhisper-package-") as tmp:
         model_dir = wm.save(Path(tmp) / MODEL_DIR)
         with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -327,7 +359,5 @@ def _write_zip(
         entries = [(info.filename, info.file_size) for info in archive.infolist()]
     bad = [name for name, _ in entries if unsafe_member(name)]
     if bad or "main.py" not in dict(entries):
-        partial.unlink()
         raise SubmissionError(f"internal error: bad zip members {bad} or no main.py at the root")
-    partial.replace(out_zip)
     return entries
