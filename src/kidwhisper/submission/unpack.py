@@ -68,7 +68,7 @@ def _size_problems(infos: list[zipfile.ZipInfo], free: int) -> list[str]:
     """Why the declared sizes are refused: too many entries, too much data, a bomb."""
     problems = []
     if len(infos) > MAX_ENTRIES:
-        problems.append(f"{len(infos)} entries (at most {MAX_ENTRIES:,})")
+        problems.append(f"{len(infos):,} entries (at most {MAX_ENTRIES:,})")
     total = sum(info.file_size for info in infos)
     if total > MAX_TOTAL_BYTES:
         problems.append(f"{total:,} bytes unpacked (at most {MAX_TOTAL_BYTES:,})")
