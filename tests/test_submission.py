@@ -328,3 +328,31 @@ def test_corrupt_clip_and_missing_metadata_give_empty_lines(submission_zip, tmp_
     assert "41 clip(s) unreadable or undecodable, 1 id(s) without metadata" in log
     assert log.count("cannot decode") == 20 and "log message(s) left out" in log
     assert report.log_lines < 60
+
+
+def test_package_out_inside_the_model_is_refused(tmp_path):
+    from kidwhisper.submission.package import package_submission
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    with pytest.raises(SubmissionError, match=r"inside .*the model being packaged"):
+        package_submission(str(model), model / "submission.zip")
+    with pytest.raises(SubmissionError, match="a folder"):
+        package_submission(str(model), tmp_path)
+    assert [p.name for p in model.iterdir()] == ["config.json"]
+
+
+def test_a_failed_zip_keeps_the_old_one_and_leaves_no_partial(tmp_path):
+    from kidwhisper.submission.package import _write_zip
+
+    out = tmp_path / "submission.zip"
+    out.write_bytes(b"the previous zip")
+
+    class FullDisk:
+        def save(self, folder):
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        _write_zip(out, FullDisk(), "", {}, {})
+    assert out.read_bytes() == b"the previous zip" and list(tmp_path.iterdir()) == [out]
