@@ -2,9 +2,10 @@
 
 - **File system and network**: where bubblewrap (`bwrap`, Debian package bubblewrap) works,
   main.py runs in it: the whole file system read-only, the work folder the only writable
-  place, a private /dev (GPUs bound in), /proc and process ids, no network, and the sandbox
-  dies with its parent. Otherwise `unshare -n` (or `-rn`) cuts the network only. Where
-  neither works the run is refused unless the user allows the network.
+  place, a private /dev (GPUs bound in), /proc and process ids, no network, no capabilities
+  (even when started as root), and the sandbox dies with its parent. Otherwise `unshare -n`
+  (or `-rn`) cuts the network only. Where neither works the run is refused unless the user
+  allows the network.
 - **Processes**: main.py leads a new session; when it ends or runs past its time the whole
   process group is killed, so a background grandchild cannot go on writing. Inside bwrap the
   process-id namespace also takes children that left the group.
@@ -53,6 +54,7 @@ BWRAP = (
     "--unshare-net",
     "--unshare-pid",
     "--die-with-parent",
+    "--cap-drop", "ALL",  # started as root, bwrap would leave main.py every capability
 )  # fmt: skip
 UNSHARE = (("unshare", "-n"), ("unshare", "-rn"))  # as root; as a user, in a user namespace
 PROBE_SECONDS = 30
