@@ -89,3 +89,10 @@ def test_augment_cost_prints_every_augmentation(tmp_path: Path, capsys):
             table
         )
     assert json.loads((tmp_path / "rows.json").read_text()) == rows
+
+
+def test_unpack_check_passes_large_v3_and_refuses_the_bomb(capsys):
+    rows = _load("unpack_check").main(["--repeats", "1"])
+    assert [row["verdict"] for row in rows] == ["passes", "passes", "refused"]
+    assert all(row["declared_gb"] > 2 and row["on_disk_mb"] < 50 for row in rows)  # sparse
+    assert "| open + check |" in capsys.readouterr().out
