@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from transformers import WhisperConfig
 
+from kidwhisper.files import UnsafePathError, check_plain_name
 from kidwhisper.models.bundled import BUNDLED, BUNDLED_PREFIX
 from kidwhisper.models.variants import LINEAR_MODULES, VARIANTS, variant_of
 from kidwhisper.schema import ConfigError, apply_override, build, fail, hint
@@ -270,8 +271,16 @@ def load_config(
     if overrides:
         source += f" (with overrides {' '.join(overrides)})"
     config = build(Config, data, source, "")
-    if config.output.name is None:
-        config.output.name = Path(path).stem if path else "default"
+    key = "output.name"
+    if config.output.name is None and path is not None:
+        config.output.name = Path(path).stem
+        key = f"output.name (unset, so the config file's name {Path(path).name})"
+    elif config.output.name is None:
+        config.output.name = "default"
+    try:  # the name becomes a folder that --overwrite removes: never `..` or `a/b`
+        check_plain_name(config.output.name, key)
+    except UnsafePathError as err:
+        raise ConfigError(f"{source}: {err}") from None
     validate(config, source, check_paths)
     return config
 

@@ -141,7 +141,7 @@ def cmd_split(args: argparse.Namespace) -> int:
 def cmd_import_ct2(args: argparse.Namespace) -> int:
     from kidwhisper.models.ct2 import import_ct2
 
-    model = import_ct2(Path(args.src), Path(args.out))
+    model = import_ct2(Path(args.src), Path(args.out), force=args.force)
     print(f"wrote {args.out} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params)")
     return 0
 
@@ -158,7 +158,7 @@ def cmd_export_ct2(args: argparse.Namespace) -> int:
 def cmd_average(args: argparse.Namespace) -> int:
     from kidwhisper.models.averaging import average_checkpoints
 
-    out = average_checkpoints(args.checkpoints, Path(args.out), args.weights)
+    out = average_checkpoints(args.checkpoints, Path(args.out), args.weights, args.force)
     print(f"averaged {len(args.checkpoints)} checkpoints into {out}")
     return 0
 
@@ -166,7 +166,8 @@ def cmd_average(args: argparse.Namespace) -> int:
 def cmd_merge_lora(args: argparse.Namespace) -> int:
     from kidwhisper.models.adapters import merge_lora
 
-    print(f"merged into {merge_lora(args.checkpoint, Path(args.out), args.base)}")
+    out = merge_lora(args.checkpoint, Path(args.out), args.base, args.force)
+    print(f"merged into {out}")
     return 0
 
 

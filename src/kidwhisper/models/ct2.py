@@ -27,10 +27,17 @@ import torch
 from transformers import GenerationConfig, WhisperForConditionalGeneration
 
 from kidwhisper.data.text import special_tokens, tokenizer_from_json, with_timestamp_tokens
+from kidwhisper.errors import UserError
+from kidwhisper.files import atomic_folder, looks_like_model, refuse_output_over_input
 from kidwhisper.models.bundled import cache_dir, ct2_files
 from kidwhisper.models.variants import Variant, variant_of
 
 log = logging.getLogger(__name__)
+
+
+class CT2Error(UserError, ValueError):
+    """A CTranslate2 folder that cannot be converted; the message names the file."""
+
 
 _DTYPES = ("float32", "int8", "int16", "int32", "float16", "bfloat16")
 
@@ -178,24 +185,45 @@ def generation_config(ct2_config: dict, special, max_length: int = 448) -> Gener
     return gen
 
 
+def _read_checked(parts: list[Path], src: Path) -> tuple[Variant, dict]:
+    """The variant and transformers state dict of a model.bin; a truncated or
+    corrupt file is a `CT2Error` naming it (struct, shape and key errors alike)."""
+    try:
+        variables = read_model_bin(parts)
+        variant = _variant_from_ct2(variables, src)
+        return variant, state_dict_from_ct2(variables)
+    except (struct.error, ValueError, KeyError, IndexError, UnicodeDecodeError) as err:
+        raise CT2Error(
+            f"{parts[0]}: not a readable CTranslate2 Whisper model.bin, truncated or corrupt "
+            f"({type(err).__name__}: {err}); copy or download the model folder again"
+        ) from err
+
+
 def import_ct2(
-    src: Path, out: Path, model_parts: Sequence[Path] | None = None
+    src: Path, out: Path, model_parts: Sequence[Path] | None = None, force: bool = False
 ) -> WhisperForConditionalGeneration:
     """Convert a CTranslate2 Whisper folder to a transformers folder at `out`.
 
     `src` holds config.json and tokenizer.json, and model.bin unless `model_parts` (a split
     model.bin, concatenated in order) is given. Writes weights as safetensors plus the
-    tokenizer, feature extractor and generation config, and returns the model.
+    tokenizer, feature extractor and generation config, and returns the model. `out` is
+    written beside and renamed into place; an existing model folder is replaced only
+    with `force`, and `out` may not be or hold `src`.
     """
-    from kidwhisper.data.audio import feature_extractor
-
     src, out = Path(src), Path(out)
     parts = list(model_parts or [src / "model.bin"])
     for path in [*parts, src / "tokenizer.json"]:
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: not a CTranslate2 Whisper folder?")
-    variables = read_model_bin(parts)
-    variant = _variant_from_ct2(variables, src)
+    refuse_output_over_input(out, [src, *parts], "import-ct2 OUT")
+    with atomic_folder(out, force, looks_like_model, "model") as tmp:
+        return _convert(src, tmp, parts)
+
+
+def _convert(src: Path, out: Path, parts: list[Path]) -> WhisperForConditionalGeneration:
+    from kidwhisper.data.audio import feature_extractor
+
+    variant, state = _read_checked(parts, src)
     spec = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
     tokenizer = tokenizer_from_json(with_timestamp_tokens(spec, variant.vocab_size))
     special = special_tokens(tokenizer, not variant.english_only, variant.vocab_size)
@@ -207,18 +235,17 @@ def import_ct2(
         tie_word_embeddings=True,
     )
     model = WhisperForConditionalGeneration(config)
-    missing, unexpected = model.load_state_dict(state_dict_from_ct2(variables), strict=False)
+    missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or set(missing) != {"proj_out.weight"}:
         raise ValueError(f"{src}: conversion mismatch, missing={missing} unexpected={unexpected}")
     model.tie_weights()
     ct2_config_path = src / "config.json"
     ct2_config = json.loads(ct2_config_path.read_text()) if ct2_config_path.is_file() else {}
     model.generation_config = generation_config(ct2_config, special)
-    out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     feature_extractor(variant.n_mels).save_pretrained(out)
-    log.info("converted %s (%s) to %s", src, variant.name, out)
+    log.info("converted %s (%s)", src, variant.name)
     return model
 
 
@@ -229,7 +256,7 @@ def bundled_path(name: str) -> Path:
         meta_dir, parts = ct2_files(name)
         log.info("converting bundled:%s from CTranslate2 (once) into %s", name, target)
         with _staging(target) as tmp:
-            import_ct2(meta_dir, tmp, model_parts=parts)
+            import_ct2(meta_dir, tmp, model_parts=parts, force=True)
     return target
 
 

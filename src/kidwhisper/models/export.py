@@ -15,13 +15,18 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 from transformers import WhisperTokenizerFast
 
 from kidwhisper.data.audio import feature_extractor
 from kidwhisper.errors import UserError
+from kidwhisper.files import (
+    atomic_folder,
+    check_replace,
+    looks_like_model,
+    refuse_output_over_input,
+)
 from kidwhisper.models.averaging import model_folder
 from kidwhisper.models.bundled import BUNDLED_PREFIX
 from kidwhisper.models.ct2 import bundled_path
@@ -75,8 +80,7 @@ def export_ct2(
     if quantization not in QUANTIZATIONS:
         raise ExportError(f"quantization {quantization!r}: use one of {', '.join(QUANTIZATIONS)}")
     out = Path(out_dir)
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} already exists: pass --force to replace it")
+    check_replace(out, force, looks_like_model, "model")  # before minutes of converting
     try:
         from ctranslate2.converters import TransformersConverter
     except ImportError as err:
@@ -84,13 +88,10 @@ def export_ct2(
             f"exporting to CTranslate2 needs ctranslate2: pip install ctranslate2 ({err})"
         ) from err
     src = source_folder(model)
-    if src.resolve().is_relative_to(out.resolve()):
-        raise ExportError(f"{out}: the output folder would replace the model {src} itself")
+    refuse_output_over_input(out, [src], "export-ct2 OUT")
 
     tokenizer = WhisperTokenizerFast.from_pretrained(src)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_folder(out, force, looks_like_model, "model") as staging:
         target = staging / "model"  # the converter wants to create the folder itself
         TransformersConverter(str(src)).convert(str(target), quantization=quantization)
         _complete_config(target / "config.json", tokenizer)
@@ -103,11 +104,9 @@ def export_ct2(
         else:
             n_mels = json.loads((src / "config.json").read_text())["num_mel_bins"]
             feature_extractor(n_mels).save_pretrained(target)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(target, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        for item in target.iterdir():
+            os.replace(item, staging / item.name)
+        target.rmdir()
     log.info("exported %s to %s (CTranslate2, %s)", src, out, quantization)
     return out
 
