@@ -20,7 +20,7 @@ from transformers import WhisperConfig
 from kidwhisper.files import UnsafePathError, check_plain_name
 from kidwhisper.models.bundled import BUNDLED, BUNDLED_PREFIX
 from kidwhisper.models.variants import LINEAR_MODULES, VARIANTS, variant_of
-from kidwhisper.schema import ConfigError, apply_override, build, fail, hint
+from kidwhisper.schema import ConfigError, apply_override, build, fail, hint, yaml_problem
 
 # The audio context: how many mel frames the encoder sees (models/short_input.py says why).
 FULL, BATCH = "full", "batch"
@@ -262,10 +262,7 @@ def load_config(
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        data = _read_yaml(path)
     for override in overrides:
         apply_override(data, override)
     if overrides:
@@ -283,6 +280,21 @@ def load_config(
         raise ConfigError(f"{source}: {err}") from None
     validate(config, source, check_paths)
     return config
+
+
+def _read_yaml(path: Path) -> dict:
+    """A config file's YAML; not UTF-8 or not YAML is one line naming the line to fix."""
+    raw = path.read_bytes()
+    try:
+        return yaml.safe_load(raw.decode("utf-8")) or {}
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ConfigError(
+            f"{path}: line {line}: not UTF-8 ({err.reason} at byte {err.start}); "
+            "save the file as UTF-8"
+        ) from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(err)}") from None
 
 
 def validate(config: Config, source: str, check_paths: bool = True) -> None:

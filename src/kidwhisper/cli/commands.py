@@ -43,17 +43,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from kidwhisper.data.dataset import read_manifest
     from kidwhisper.device import pick_device
+    from kidwhisper.files import refuse_output_over_input
     from kidwhisper.inference.evaluation import decoding_options, evaluate, save_predictions
     from kidwhisper.inference.scoring import percent
     from kidwhisper.models.factory import load_model
 
+    utterances = read_manifest(args.data)[: args.limit or None]  # every bad line, at once
+    out = args.out or Path(args.data).with_suffix(".predictions.jsonl").name
+    refuse_output_over_input(out, [args.data], "--out")
     wm = load_model(args.model, args.variant, args.audio_context)
     wm.model.to(pick_device(args.device))
-    utterances = read_manifest(args.data)[: args.limit or None]
     guards = {} if args.guards else {"max_tokens_per_second": None, "repetition_limit": None}
     ev = EvaluationConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, **guards)
     result = evaluate(wm, utterances, ev.batch_size, decoding_options(ev))
-    out = args.out or Path(args.data).with_suffix(".predictions.jsonl").name
     save_predictions(result, out)
     print(f"WER {percent(result.wer)} on {len(utterances)} utterances ({result.seconds:.1f} s)")
     for bucket, report in result.by_age.items():
@@ -70,6 +72,10 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     from kidwhisper.inference.transcription import InputError, output_format, transcribe_to_file
     from kidwhisper.models.factory import load_model
 
+    from kidwhisper.files import refuse_output_over_input
+
+    inputs = [p for p in args.paths if Path(p).is_file()]  # a folder may hold the output
+    refuse_output_over_input(args.out, inputs, "--out")  # before minutes of loading
     try:
         fmt = output_format(args.out, args.format)  # before minutes of loading and decoding
         wm = load_model(args.model, audio_context=args.audio_context)
