@@ -68,11 +68,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from kidwhisper.device import pick_device
+    from kidwhisper.files import refuse_output_over_input
     from kidwhisper.inference.evaluation import decoding_options
     from kidwhisper.inference.transcription import InputError, output_format, transcribe_to_file
     from kidwhisper.models.factory import load_model
-
-    from kidwhisper.files import refuse_output_over_input
 
     inputs = [p for p in args.paths if Path(p).is_file()]  # a folder may hold the output
     refuse_output_over_input(args.out, inputs, "--out")  # before minutes of loading
