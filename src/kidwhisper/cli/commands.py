@@ -70,13 +70,19 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     from kidwhisper.device import pick_device
     from kidwhisper.files import refuse_output_over_input
     from kidwhisper.inference.evaluation import decoding_options
-    from kidwhisper.inference.transcription import InputError, output_format, transcribe_to_file
+    from kidwhisper.inference.transcription import (
+        InputError,
+        collect_inputs,
+        output_format,
+        transcribe_to_file,
+    )
     from kidwhisper.models.factory import load_model
 
     inputs = [p for p in args.paths if Path(p).is_file()]  # a folder may hold the output
     refuse_output_over_input(args.out, inputs, "--out")  # before minutes of loading
     try:
         fmt = output_format(args.out, args.format)  # before minutes of loading and decoding
+        collect_inputs(args.paths)  # every bad manifest line, before the model loads
         wm = load_model(args.model, audio_context=args.audio_context)
         wm.model.to(pick_device(args.device))
         guards = {} if args.guards else {"max_tokens_per_second": None, "repetition_limit": None}

@@ -174,11 +174,13 @@ def filter_by_wer(
 def check_filter(
     manifest: Path, out: Path, report: str | Path | None, max_wer: float, force: bool
 ) -> Path:
-    """The report's path, once the threshold and the outputs are known to be fine."""
+    """The report's path, once the threshold, the outputs and every line of the manifest
+    are known to be fine (before a model loads)."""
     report = Path(report) if report else out.with_suffix(".report.json")
     if not max_wer >= 0:
         raise CurationError(f"--max-wer must be >= 0, got {max_wer}")
     check_outputs([out, report], [manifest], force)
+    read_manifest(manifest, strict=True)  # all bad lines in one error
     return report
 
 
