@@ -17,10 +17,17 @@ from typing import Any, Literal
 import yaml
 from transformers import WhisperConfig
 
-from kidwhisper.files import UnsafePathError, check_plain_name
 from kidwhisper.models.bundled import BUNDLED, BUNDLED_PREFIX
 from kidwhisper.models.variants import LINEAR_MODULES, VARIANTS, variant_of
-from kidwhisper.schema import ConfigError, apply_override, build, fail, hint, yaml_problem
+from kidwhisper.schema import (
+    ConfigError,
+    apply_override,
+    build,
+    fail,
+    hint,
+    plain_name_problem,
+    yaml_problem,
+)
 
 # The audio context: how many mel frames the encoder sees (models/short_input.py says why).
 FULL, BATCH = "full", "batch"
@@ -274,10 +281,9 @@ def load_config(
         key = f"output.name (unset, so the config file's name {Path(path).name})"
     elif config.output.name is None:
         config.output.name = "default"
-    try:  # the name becomes a folder that --overwrite removes: never `..` or `a/b`
-        check_plain_name(config.output.name, key)
-    except UnsafePathError as err:
-        raise ConfigError(f"{source}: {err}") from None
+    problem = plain_name_problem(config.output.name)  # a folder --overwrite may remove
+    if problem:
+        fail(source, key, problem)
     validate(config, source, check_paths)
     return config
 

@@ -1,27 +1,26 @@
 """Safe names, deletions and writes: nothing removed that the tool does not own, no half files.
 
-A leaf module (it imports only errors.py). Every name the tool turns into a folder (a run, an
-experiment, an archive) is a plain name; every folder it removes or replaces lies strictly
-inside the folder it owns and looks like what it replaces; every file or folder it writes
-is written under a temporary name beside the target and renamed into place, so a crash
-or a full disk leaves the old output or none, never half of one; and no output may land on
-one of the command's inputs.
+A leaf module (it imports only errors.py, and schema.py's name rule); the submission does
+not ship it, so the shipped modules do not import it. Every name the tool turns into a
+folder (a run, an experiment, an archive) is a plain name; every folder it removes or
+replaces lies strictly inside the folder it owns and looks like what it replaces; every
+file or folder it writes is written under a temporary name beside the target and renamed
+into place, so a crash or a full disk leaves the old output or none, never half of one;
+and no output may land on one of the command's inputs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
 from kidwhisper.errors import UserError
+from kidwhisper.schema import plain_name_problem
 
-PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
-MAX_NAME = 200  # below every file system's 255-byte limit, with room for suffixes
 TMP_PREFIX = ".tmp-"
 
 
@@ -32,11 +31,9 @@ class UnsafePathError(UserError, ValueError):
 def check_plain_name(name: object, what: str) -> str:
     """`name` if it is a plain file name (letters, digits, `._-`, not starting with a dot),
     else a `UnsafePathError` naming `what` (the key or argument it came from)."""
-    if not isinstance(name, str) or len(name) > MAX_NAME or not PLAIN_NAME.fullmatch(name):
-        raise UnsafePathError(
-            f"{what}: {name!r} is not a plain name: use letters, digits, '.', '_' and '-', "
-            "not starting with a dot (e.g. baseline_001)"
-        )
+    problem = plain_name_problem(name)
+    if problem:
+        raise UnsafePathError(f"{what}: {problem}")
     return name
 
 

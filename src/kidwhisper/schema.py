@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from typing import Any, Literal
@@ -21,6 +22,22 @@ from kidwhisper.errors import UserError
 
 class ConfigError(UserError, ValueError):
     """An invalid config: the message names the file and the key."""
+
+
+# Names that become folders the tool creates and may later replace (runs, experiments,
+# archives): never `..`, `.`, a path or a hidden name. files.check_plain_name applies it to
+# command-line names; here it checks output.name (the submission ships this module).
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
+
+
+def plain_name_problem(name: object) -> str | None:
+    """Why `name` is not a plain name, or None when it is one."""
+    if isinstance(name, str) and PLAIN_NAME.fullmatch(name):
+        return None
+    return (
+        f"{name!r} is not a plain name: use letters, digits, '.', '_' and '-', not starting "
+        "with a dot (e.g. baseline_001)"
+    )
 
 
 def fail(source: str, key: str, message: str) -> typing.NoReturn:

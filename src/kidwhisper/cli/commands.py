@@ -150,10 +150,11 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_import_ct2(args: argparse.Namespace) -> int:
-    from kidwhisper.models.ct2 import import_ct2
+    from kidwhisper.models.export import import_ct2_folder
 
-    model = import_ct2(Path(args.src), Path(args.out), force=args.force)
-    print(f"wrote {args.out} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params)")
+    out = import_ct2_folder(args.src, args.out, force=args.force)
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    print(f"wrote {out} (transformers, safetensors, {size / 2**20:.1f} MiB)")
     return 0
 
 

@@ -28,7 +28,6 @@ from transformers import GenerationConfig, WhisperForConditionalGeneration
 
 from kidwhisper.data.text import special_tokens, tokenizer_from_json, with_timestamp_tokens
 from kidwhisper.errors import UserError
-from kidwhisper.files import atomic_folder, looks_like_model, refuse_output_over_input
 from kidwhisper.models.bundled import cache_dir, ct2_files
 from kidwhisper.models.variants import Variant, variant_of
 
@@ -200,29 +199,22 @@ def _read_checked(parts: list[Path], src: Path) -> tuple[Variant, dict]:
 
 
 def import_ct2(
-    src: Path, out: Path, model_parts: Sequence[Path] | None = None, force: bool = False
+    src: Path, out: Path, model_parts: Sequence[Path] | None = None
 ) -> WhisperForConditionalGeneration:
     """Convert a CTranslate2 Whisper folder to a transformers folder at `out`.
 
     `src` holds config.json and tokenizer.json, and model.bin unless `model_parts` (a split
     model.bin, concatenated in order) is given. Writes weights as safetensors plus the
-    tokenizer, feature extractor and generation config, and returns the model. `out` is
-    written beside and renamed into place; an existing model folder is replaced only
-    with `force`, and `out` may not be or hold `src`.
+    tokenizer, feature extractor and generation config, and returns the model. Writes
+    into `out` directly: callers stage it (`bundled_path`, `export.import_ct2_folder`).
     """
+    from kidwhisper.data.audio import feature_extractor
+
     src, out = Path(src), Path(out)
     parts = list(model_parts or [src / "model.bin"])
     for path in [*parts, src / "tokenizer.json"]:
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: not a CTranslate2 Whisper folder?")
-    refuse_output_over_input(out, [src, *parts], "import-ct2 OUT")
-    with atomic_folder(out, force, looks_like_model, "model") as tmp:
-        return _convert(src, tmp, parts)
-
-
-def _convert(src: Path, out: Path, parts: list[Path]) -> WhisperForConditionalGeneration:
-    from kidwhisper.data.audio import feature_extractor
-
     variant, state = _read_checked(parts, src)
     spec = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
     tokenizer = tokenizer_from_json(with_timestamp_tokens(spec, variant.vocab_size))
@@ -242,10 +234,11 @@ def _convert(src: Path, out: Path, parts: list[Path]) -> WhisperForConditionalGe
     ct2_config_path = src / "config.json"
     ct2_config = json.loads(ct2_config_path.read_text()) if ct2_config_path.is_file() else {}
     model.generation_config = generation_config(ct2_config, special)
+    out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     feature_extractor(variant.n_mels).save_pretrained(out)
-    log.info("converted %s (%s)", src, variant.name)
+    log.info("converted %s (%s) to %s", src, variant.name, out)
     return model
 
 
@@ -256,7 +249,7 @@ def bundled_path(name: str) -> Path:
         meta_dir, parts = ct2_files(name)
         log.info("converting bundled:%s from CTranslate2 (once) into %s", name, target)
         with _staging(target) as tmp:
-            import_ct2(meta_dir, tmp, model_parts=parts, force=True)
+            import_ct2(meta_dir, tmp, model_parts=parts)
     return target
 
 

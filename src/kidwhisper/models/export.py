@@ -29,7 +29,7 @@ from kidwhisper.files import (
 )
 from kidwhisper.models.averaging import model_folder
 from kidwhisper.models.bundled import BUNDLED_PREFIX
-from kidwhisper.models.ct2 import bundled_path
+from kidwhisper.models.ct2 import bundled_path, import_ct2
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,17 @@ def source_folder(model: str | Path) -> Path:
     if not any((folder / f).is_file() for f in (TOKENIZER, "vocab.json")):
         raise ExportError(f"{folder}: no tokenizer ({TOKENIZER} or vocab.json)")
     return folder
+
+
+def import_ct2_folder(src: str | Path, out: str | Path, force: bool = False) -> Path:
+    """`kidwhisper import-ct2`: `ct2.import_ct2` into a folder written beside `out` and
+    renamed into place; an existing model folder is replaced only with `force`, and `out`
+    may not be or hold `src`. (Here, not in ct2.py, which the submission ships.)"""
+    src, out = Path(src), Path(out)
+    refuse_output_over_input(out, [src], "import-ct2 OUT")
+    with atomic_folder(out, force, looks_like_model, "model") as tmp:
+        import_ct2(src, tmp)
+    return out
 
 
 def export_ct2(
