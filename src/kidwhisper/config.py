@@ -19,15 +19,8 @@ from transformers import WhisperConfig
 
 from kidwhisper.models.bundled import BUNDLED, BUNDLED_PREFIX
 from kidwhisper.models.variants import LINEAR_MODULES, VARIANTS, variant_of
-from kidwhisper.schema import (
-    ConfigError,
-    apply_override,
-    build,
-    fail,
-    hint,
-    plain_name_problem,
-    yaml_problem,
-)
+from kidwhisper.schema import ConfigError as ConfigError  # callers import it from here
+from kidwhisper.schema import build, fail, hint, plain_name_problem, read_config
 
 # The audio context: how many mel frames the encoder sees (models/short_input.py says why).
 FULL, BATCH = "full", "batch"
@@ -263,17 +256,7 @@ def load_config(
     With `check_paths`, data manifests must exist (turn it off to inspect a config written
     for another machine).
     """
-    source = str(path) if path else "<defaults>"
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        data = _read_yaml(path)
-    for override in overrides:
-        apply_override(data, override)
-    if overrides:
-        source += f" (with overrides {' '.join(overrides)})"
+    data, source = read_config(path, overrides)
     config = build(Config, data, source, "")
     key = "output.name"
     if config.output.name is None and path is not None:
@@ -286,21 +269,6 @@ def load_config(
         fail(source, key, problem)
     validate(config, source, check_paths)
     return config
-
-
-def _read_yaml(path: Path) -> dict:
-    """A config file's YAML; not UTF-8 or not YAML is one line naming the line to fix."""
-    raw = path.read_bytes()
-    try:
-        return yaml.safe_load(raw.decode("utf-8")) or {}
-    except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
-        raise ConfigError(
-            f"{path}: line {line}: not UTF-8 ({err.reason} at byte {err.start}); "
-            "save the file as UTF-8"
-        ) from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(err)}") from None
 
 
 def validate(config: Config, source: str, check_paths: bool = True) -> None:

@@ -13,6 +13,7 @@ import difflib
 import re
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -147,6 +148,40 @@ def apply_override(data: dict, override: str) -> None:
             f"override {override!r}: {dotted.strip()}: not a plain YAML value "
             f"({yaml_problem(err)}); quote it, e.g. {dotted.strip()}='\"...\"'"
         ) from None
+
+
+def read_config(path: str | Path | None, overrides: typing.Sequence[str]) -> tuple[Any, str]:
+    """A config's raw data (the file, then the `section.key=value` overrides) and the
+    source its errors name: the file, and the overrides when there are any."""
+    source = str(path) if path else "<defaults>"
+    data: Any = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        data = read_yaml_file(path)
+    if not isinstance(data, dict):
+        fail(source, "<top level>", f"must be a mapping, got {data!r}")
+    for override in overrides:
+        apply_override(data, override)
+    if overrides:
+        source += f" (with overrides {' '.join(overrides)})"
+    return data, source
+
+
+def read_yaml_file(path: Path) -> Any:
+    """A config file's YAML; not UTF-8 or not YAML is one line naming the line to fix."""
+    raw = path.read_bytes()
+    try:
+        return yaml.safe_load(raw.decode("utf-8")) or {}
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ConfigError(
+            f"{path}: line {line}: not UTF-8 ({err.reason} at byte {err.start}); "
+            "save the file as UTF-8"
+        ) from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(err)}") from None
 
 
 def yaml_problem(err: yaml.YAMLError) -> str:
