@@ -63,8 +63,10 @@ def test_different_architectures_are_refused(two_models, tmp_path):
         average_checkpoints([two_models[0], base], tmp_path / "x")
     with pytest.raises(AveragingError, match="one non-negative weight per checkpoint"):
         average_checkpoints(list(two_models), tmp_path / "x", weights=[1.0])
+    empty = tmp_path / "empty"
+    empty.mkdir()
     with pytest.raises(FileNotFoundError, match=r"no model\.safetensors"):
-        average_checkpoints([tmp_path], tmp_path / "x")
+        average_checkpoints([empty], tmp_path / "x")
     tiny_en = _save(tmp_path, "tiny.en", 0, "tiny_en")  # same tensors, one vocabulary row less
     with pytest.raises(AveragingError, match="not the same architecture"):
         average_checkpoints([two_models[0], tiny_en], tmp_path / "x")

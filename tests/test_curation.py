@@ -6,19 +6,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 from kidwhisper.cli import main as cli
 from kidwhisper.config import ConfigError, load_config
-from kidwhisper.data.dataset import Utterance, read_manifest
+from kidwhisper.data.dataset import ManifestError, Utterance, read_manifest
 from kidwhisper.data.labels import normalize_labels, screen_labels
 from kidwhisper.data.problems import (
     EMPTY_NORMALIZED,
     HIGH_WER,
     LABEL_TOO_LONG,
-    MALFORMED,
     NOT_ROUND_TRIP,
     UNDECODABLE,
     DataProblems,
@@ -143,7 +143,7 @@ def _filter_manifest(
     folder: Path, real_manifest: Path, texts: dict[int, str], bad: bool = True
 ) -> tuple[Path, list[dict]]:
     """Four real rows (audio paths relative to `folder`, texts changed as `texts` says);
-    with `bad`, a clip that is not there and a line that is not JSON too."""
+    with `bad`, a clip that is not there too."""
     rows = [json.loads(line) for line in real_manifest.read_text().splitlines()[:4]]
     folder.mkdir(parents=True, exist_ok=True)
     for i, row in enumerate(rows):
@@ -152,14 +152,14 @@ def _filter_manifest(
     lines = [json.dumps(r) for r in rows]
     if bad:
         missing = {**rows[0], "utterance_id": "U_missing", "audio_path": "nowhere.flac"}
-        lines += [json.dumps(missing), "{not json"]
+        lines += [json.dumps(missing)]
     (folder / "in.jsonl").write_text("\n".join(lines) + "\n")
     return folder / "in.jsonl", rows
 
 
 def test_filter_counts_each_drop_with_its_reason(tmp_path: Path, real_manifest: Path, monkeypatch):
-    """The decisions, with the model's transcripts fixed: above the threshold, unreadable,
-    bad lines are dropped and counted; no reference words is kept, unjudged."""
+    """The decisions, with the model's transcripts fixed: above the threshold and unreadable
+    are dropped and counted; no reference words is kept, unjudged."""
     manifest, rows = _filter_manifest(tmp_path / "in", real_manifest, {3: "um"})  # no WER
     heard = {
         rows[0]["utterance_id"]: rows[0]["orthographic_text"],  # WER 0
@@ -176,7 +176,7 @@ def test_filter_counts_each_drop_with_its_reason(tmp_path: Path, real_manifest: 
     monkeypatch.setattr("kidwhisper.inference.evaluation.transcribe", fake_transcribe)
     out = tmp_path / "out" / "kept.jsonl"
     result = filter_by_wer(None, manifest, out, max_wer=0.8, progress=False)
-    assert result.problems.counts() == {HIGH_WER: 1, UNDECODABLE: 1, MALFORMED: 1}
+    assert result.problems.counts() == {HIGH_WER: 1, UNDECODABLE: 1}
     assert (result.read, result.kept) == (5, 3) and result.not_judged == [rows[3]["utterance_id"]]
     kept = read_manifest(out)
     assert [u.utterance_id for u in kept] == [rows[i]["utterance_id"] for i in (0, 2, 3)]
@@ -191,6 +191,11 @@ def test_filter_counts_each_drop_with_its_reason(tmp_path: Path, real_manifest: 
         filter_by_wer(None, manifest, out, max_wer=0.8)
     with pytest.raises(CurationError, match="input manifest"):
         filter_by_wer(None, manifest, manifest, max_wer=0.8, force=True)
+    # A line that is not JSON stops the filter before any decoding, naming the line.
+    manifest.write_text(manifest.read_text() + "{not json\n")
+    with pytest.raises(ManifestError, match=r"in\.jsonl:6: not valid JSON"):
+        filter_by_wer(None, manifest, tmp_path / "other.jsonl", max_wer=0.8)
+    assert not (tmp_path / "other.jsonl").exists()
 
 
 def test_filter_command_with_a_real_model(tmp_path: Path, real_manifest: Path, capsys, tiny_en):
@@ -212,9 +217,10 @@ def test_filter_command_with_a_real_model(tmp_path: Path, real_manifest: Path, c
 # --- kidwhisper split ----------------------------------------------------------------------
 
 
-def _split_manifest(folder: Path) -> Path:
+def _split_manifest(folder: Path, broken: bool = False) -> Path:
     """Three buckets of 20, 11 and 7 speakers with 1 to 5 entries each; entries without a
-    child_id; one child with entries in two buckets; one empty text (split keeps it)."""
+    child_id; one child with entries in two buckets; one empty text (split keeps it); with
+    `broken`, a last line that is not JSON."""
     rows, n = [], 0
     for bucket, speakers in (("5-7", 20), ("8-11", 11), ("12+", 7)):
         for s in range(speakers):
@@ -229,7 +235,7 @@ def _split_manifest(folder: Path) -> Path:
     rows[5]["orthographic_text"] = ""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "all.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{broken\n")
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + ("{broken\n" if broken else ""))
     return path
 
 
@@ -255,9 +261,9 @@ def test_split_is_speaker_disjoint_and_stratified(tmp_path: Path, fraction: floa
         assert report.counts[bucket]["train"][0] + n_dev == speakers
         assert abs(n_dev - fraction * speakers) < 1 and n_dev >= 1, (bucket, n_dev)
     assert len(everyone) == 20 + 15 + 7
-    # Every usable line once, as written apart from the audio path; the bad line counted.
+    # Every line once, as written apart from the audio path.
     source = {json.loads(line)["utterance_id"]: json.loads(line)
-              for line in manifest.read_text().splitlines()[:-1]}  # fmt: skip
+              for line in manifest.read_text().splitlines()}  # fmt: skip
     written = [json.loads(line) for part in ("train", "dev")
                for line in (tmp_path / f"out/{part}.jsonl").read_text().splitlines()]  # fmt: skip
     assert sorted(r["utterance_id"] for r in written) == sorted(source)
@@ -265,7 +271,7 @@ def test_split_is_speaker_disjoint_and_stratified(tmp_path: Path, fraction: floa
         moved = (tmp_path / "out" / row.pop("audio_path")).resolve()
         assert moved == (manifest.parent / source[row["utterance_id"]].pop("audio_path")).resolve()
         assert row == source[row["utterance_id"]]
-    assert report.problems.counts() == {MALFORMED: 1}
+    assert not report.problems
 
 
 def test_split_is_deterministic_by_seed(tmp_path: Path):
@@ -285,7 +291,7 @@ def test_split_command_prints_counts_and_refuses_to_overwrite(tmp_path: Path, ca
     rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
     assert list(rows)[:4] == ["5-7", "8-11", "12+", "all"]  # buckets by age
     assert rows["12+"][:3] == ["6", "/", "1"]  # speakers train / dev
-    assert "left out: 1 bad entries: 1 malformed line" in lines[-1]
+    assert "left out" not in "".join(lines)
     assert cli.main(args) == 2 and "--force" in capsys.readouterr().err
     assert cli.main([*args, "--force"]) == 0
     bad = ["split", str(manifest), "--out-dir", str(tmp_path / "x"), "--dev-fraction", "1.5"]
@@ -294,6 +300,10 @@ def test_split_command_prints_counts_and_refuses_to_overwrite(tmp_path: Path, ca
     named_train.write_text(manifest.read_text())
     same = ["split", str(named_train), "--out-dir", str(manifest.parent), "--force"]
     assert cli.main(same) == 2 and "input manifest" in capsys.readouterr().err
+    broken = _split_manifest(tmp_path / "broken", broken=True)  # every bad line, exit 2
+    assert cli.main(["split", str(broken), "--out-dir", str(tmp_path / "y")]) == 2
+    assert re.search(r"all\.jsonl:\d+: not valid JSON", capsys.readouterr().err)
+    assert not (tmp_path / "y").exists()
 
 
 @needs_shared

@@ -92,6 +92,9 @@ def test_ddp_and_fsdp_match_one_process_with_the_same_global_batch(
     for name in names[1:]:
         weights = _weights(tmp_path, name)
         assert weights.keys() == reference.keys(), name
+        # Not bit for bit: the gradients are summed in another order, and Adam can turn a
+        # last-bit change of a near-zero gradient into a step of up to lr; 5e-4 is above
+        # 2 * max_steps * lr (4e-4), the most two runs can then differ, on any CPU.
         for key, tensor in weights.items():
             assert torch.allclose(tensor, reference[key], atol=5e-4), (name, key)
         assert _metrics(tmp_path, name)["eval_after"]["utterances"] == 2

@@ -84,6 +84,19 @@ def real_batch(real_manifest: Path, random_tiny) -> dict:
     return WhisperCollator(wm.special)([dataset[i] for i in range(2)])
 
 
+EPS = torch.finfo(torch.float32).eps
+
+
+def _assert_close_to_scale(got: torch.Tensor, expected: torch.Tensor, ulps: int) -> None:
+    """Equal up to `ulps` float32 roundings of the expected tensor's scale. The same model
+    computed in another order (merged W + BA against W x + B A x; two merges of one
+    adapter) differs by float32 rounding of its sums, about sqrt(width) * eps of the
+    largest value, on any CPU; a wrong merge (a missing alpha / rank scale) is off by
+    whole units. A bare atol would only hold the pattern of the CPU it was tuned on."""
+    atol = ulps * EPS * float(expected.abs().max())
+    torch.testing.assert_close(got, expected, rtol=0, atol=atol)
+
+
 def _logits(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
@@ -126,7 +139,7 @@ def test_a_lora_checkpoint_is_a_plain_merged_model_plus_the_adapter(lora_run, re
     peft_model = copy.deepcopy(lora_run["run"].model)
     peft_model.load_state_dict(at_save)
     unmerged = _logits(peft_model, real_batch)
-    torch.testing.assert_close(_logits(plain, real_batch), unmerged, rtol=0, atol=1e-5)
+    _assert_close_to_scale(_logits(plain, real_batch), unmerged, ulps=64)  # widths to 1536
     # And plain PEFT loads the adapter folder onto the base it was trained from.
     from peft import PeftModel
 
@@ -136,7 +149,7 @@ def test_a_lora_checkpoint_is_a_plain_merged_model_plus_the_adapter(lora_run, re
         for k, v in load_file(step / "adapter" / lora_module.BASE_LAYERS).items()
     )
     through_peft = PeftModel.from_pretrained(base, step / "adapter")
-    torch.testing.assert_close(_logits(through_peft, real_batch), unmerged, rtol=0, atol=1e-6)
+    _assert_close_to_scale(_logits(through_peft, real_batch), unmerged, ulps=16)
 
 
 def test_merge_lora_writes_a_model_plain_transformers_and_kidwhisper_load(
@@ -149,9 +162,7 @@ def test_merge_lora_writes_a_model_plain_transformers_and_kidwhisper_load(
     )
     assert not info["missing_keys"] and not info["unexpected_keys"]
     reference = WhisperForConditionalGeneration.from_pretrained(step / "model")
-    torch.testing.assert_close(
-        _logits(merged, real_batch), _logits(reference, real_batch), rtol=0, atol=1e-6
-    )
+    _assert_close_to_scale(_logits(merged, real_batch), _logits(reference, real_batch), ulps=16)
     wm = load_model(str(tmp_path / "merged"))
     assert wm.variant.name == "tiny" and wm.audio_context == "batch"
     assert (tmp_path / "merged" / "kidwhisper.yaml").is_file()
@@ -165,9 +176,7 @@ def test_merge_lora_writes_a_model_plain_transformers_and_kidwhisper_load(
     args = ["merge-lora", str(peft_dir), "--out", str(tmp_path / "from_peft")]
     assert main([*args, "--base", str(base_dir)]) == 0
     again = WhisperForConditionalGeneration.from_pretrained(tmp_path / "from_peft")
-    torch.testing.assert_close(
-        _logits(again, real_batch), _logits(reference, real_batch), rtol=0, atol=1e-6
-    )
+    _assert_close_to_scale(_logits(again, real_batch), _logits(reference, real_batch), ulps=16)
     assert main(args) == 2  # its config names `random`, which is not a loadable base
     assert main([*args[:3], str(tmp_path / "x"), "--base", str(base_dir)]) == 0
     assert main(["merge-lora", str(step), "--out", str(tmp_path / "y"), "--base", "z"]) == 2
@@ -190,7 +199,7 @@ def test_average_merges_adapters_first(lora_run, tmp_path):
     )
     assert soup.keys() == merged.keys()
     for key in merged:
-        torch.testing.assert_close(soup[key], merged[key], rtol=0, atol=1e-6)
+        _assert_close_to_scale(soup[key], merged[key], ulps=4)  # a mean of two merges
     record = json.loads((out / "averaged_from.json").read_text())
     assert record["sources"] == [str(step / "model"), str(peft_dir)]
 
@@ -383,9 +392,21 @@ def test_lora_under_ddp_and_fsdp_matches_one_process(tmp_path):
         assert done.returncode == 0, f"{name}: {done.stderr[-6000:]}"
     step = {n: checkpoint_state(tmp_path / "ckpt" / n / "step_0000002")
             for n in ("one", "ddp", "fsdp")}  # fmt: skip
+    # Not bit for bit, nor to a bare atol: two processes' all-reduce sums the gradients in
+    # another order than one process's batch (as AVX2 and AVX-512 kernels do), and Adam
+    # turns a last-bit change of a gradient that is a near-cancelling sum (|g| near its
+    # eps) into a step of up to lr. Each run moves a weight by at most about lr per step
+    # (Adam's bound), so every weight is within 2 * max_steps * lr of the one-process run's,
+    # and each tensor within 1e-3 of its norm: a few such weights
+    # move the norm by far less, a wrong split of the data (or an update missed on one
+    # rank) by the whole update, which after 2 steps at lr 1e-3 is ~1e-2 of lora_A's norm
+    # and all of lora_B's (it starts at zero).
+    bound = 2 * 2 * 1e-3  # 2 * training.max_steps * training.lr (see _overrides)
     for name in ("ddp", "fsdp"):
         assert step[name].keys() == step["one"].keys()
         for key, tensor in step["one"].items():
-            torch.testing.assert_close(step[name][key], tensor, rtol=0, atol=1e-5)
+            diff = (step[name][key] - tensor).double()
+            assert diff.abs().max() <= bound, (name, key)
+            assert diff.norm() <= 1e-3 * tensor.double().norm(), (name, key)
         final = load_file(tmp_path / "ckpt" / name / "final" / "model.safetensors")
         assert not any(lora_module.is_adapter_key(k) or "base_layer" in k for k in final)

@@ -19,7 +19,8 @@ from transformers import WhisperConfig
 
 from kidwhisper.models.bundled import BUNDLED, BUNDLED_PREFIX
 from kidwhisper.models.variants import LINEAR_MODULES, VARIANTS, variant_of
-from kidwhisper.schema import ConfigError, apply_override, build, fail, hint
+from kidwhisper.schema import ConfigError as ConfigError  # callers import it from here
+from kidwhisper.schema import build, fail, hint, plain_name_problem, read_config
 
 # The audio context: how many mel frames the encoder sees (models/short_input.py says why).
 FULL, BATCH = "full", "batch"
@@ -255,23 +256,17 @@ def load_config(
     With `check_paths`, data manifests must exist (turn it off to inspect a config written
     for another machine).
     """
-    source = str(path) if path else "<defaults>"
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    for override in overrides:
-        apply_override(data, override)
-    if overrides:
-        source += f" (with overrides {' '.join(overrides)})"
+    data, source = read_config(path, overrides)
     config = build(Config, data, source, "")
-    if config.output.name is None:
-        config.output.name = Path(path).stem if path else "default"
+    key = "output.name"
+    if config.output.name is None and path is not None:
+        config.output.name = Path(path).stem
+        key = f"output.name (unset, so the config file's name {Path(path).name})"
+    elif config.output.name is None:
+        config.output.name = "default"
+    problem = plain_name_problem(config.output.name)  # a folder --overwrite may remove
+    if problem:
+        fail(source, key, problem)
     validate(config, source, check_paths)
     return config
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -21,6 +23,22 @@ from kidwhisper.errors import UserError
 
 class ConfigError(UserError, ValueError):
     """An invalid config: the message names the file and the key."""
+
+
+# Names that become folders the tool creates and may later replace (runs, experiments,
+# archives): never `..`, `.`, a path or a hidden name. files.check_plain_name applies it to
+# command-line names; here it checks output.name (the submission ships this module).
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
+
+
+def plain_name_problem(name: object) -> str | None:
+    """Why `name` is not a plain name, or None when it is one."""
+    if isinstance(name, str) and PLAIN_NAME.fullmatch(name):
+        return None
+    return (
+        f"{name!r} is not a plain name: use letters, digits, '.', '_' and '-', not starting "
+        "with a dot (e.g. baseline_001)"
+    )
 
 
 def fail(source: str, key: str, message: str) -> typing.NoReturn:
@@ -123,4 +141,52 @@ def apply_override(data: dict, override: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {override!r}: {part} is not a section")
-    node[leaf] = yaml.safe_load(raw)
+    try:
+        node[leaf] = yaml.safe_load(raw)
+    except yaml.YAMLError as err:  # a syntax error, or a tag such as !!python/object
+        raise ConfigError(
+            f"override {override!r}: {dotted.strip()}: not a plain YAML value "
+            f"({yaml_problem(err)}); quote it, e.g. {dotted.strip()}='\"...\"'"
+        ) from None
+
+
+def read_config(path: str | Path | None, overrides: typing.Sequence[str]) -> tuple[Any, str]:
+    """A config's raw data (the file, then the `section.key=value` overrides) and the
+    source its errors name: the file, and the overrides when there are any."""
+    source = str(path) if path else "<defaults>"
+    data: Any = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        data = read_yaml_file(path)
+    if not isinstance(data, dict):
+        fail(source, "<top level>", f"must be a mapping, got {data!r}")
+    for override in overrides:
+        apply_override(data, override)
+    if overrides:
+        source += f" (with overrides {' '.join(overrides)})"
+    return data, source
+
+
+def read_yaml_file(path: Path) -> Any:
+    """A config file's YAML; not UTF-8 or not YAML is one line naming the line to fix."""
+    raw = path.read_bytes()
+    try:
+        return yaml.safe_load(raw.decode("utf-8")) or {}
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ConfigError(
+            f"{path}: line {line}: not UTF-8 ({err.reason} at byte {err.start}); "
+            "save the file as UTF-8"
+        ) from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(err)}") from None
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (PyYAML spreads it over several)."""
+    problem = getattr(err, "problem", None) or getattr(err, "context", None) or str(err)
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return where + " ".join(str(problem).split())

@@ -118,7 +118,11 @@ def test_halved_micro_batches_give_the_same_update(quickstart_config):
         gradients.append(seen[0].double())
     whole, split = gradients
     assert whole.norm() > 0
-    assert (whole - split).norm() <= 1e-5 * whole.norm()
+    # Each gradient entry sums over the window's tokens and, through the matmuls, over
+    # widths up to 1536: about sqrt(4 * 1536) ~ 80 roundings in another order, so 100 float32
+    # eps of the norm holds on any CPU; a wrong scale is off by tens of percent.
+    tolerance = 100 * torch.finfo(torch.float32).eps
+    assert (whole - split).norm() <= tolerance * whole.norm()
 
 
 def test_split_batch_keeps_every_clip_once():

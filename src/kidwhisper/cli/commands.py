@@ -43,17 +43,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from kidwhisper.data.dataset import read_manifest
     from kidwhisper.device import pick_device
+    from kidwhisper.files import refuse_output_over_input
     from kidwhisper.inference.evaluation import decoding_options, evaluate, save_predictions
     from kidwhisper.inference.scoring import percent
     from kidwhisper.models.factory import load_model
 
+    utterances = read_manifest(args.data)[: args.limit or None]  # every bad line, at once
+    out = args.out or Path(args.data).with_suffix(".predictions.jsonl").name
+    refuse_output_over_input(out, [args.data], "--out")
     wm = load_model(args.model, args.variant, args.audio_context)
     wm.model.to(pick_device(args.device))
-    utterances = read_manifest(args.data)[: args.limit or None]
     guards = {} if args.guards else {"max_tokens_per_second": None, "repetition_limit": None}
     ev = EvaluationConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, **guards)
     result = evaluate(wm, utterances, ev.batch_size, decoding_options(ev))
-    out = args.out or Path(args.data).with_suffix(".predictions.jsonl").name
     save_predictions(result, out)
     print(f"WER {percent(result.wer)} on {len(utterances)} utterances ({result.seconds:.1f} s)")
     for bucket, report in result.by_age.items():
@@ -66,12 +68,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from kidwhisper.device import pick_device
+    from kidwhisper.files import refuse_output_over_input
     from kidwhisper.inference.evaluation import decoding_options
-    from kidwhisper.inference.transcription import InputError, output_format, transcribe_to_file
+    from kidwhisper.inference.transcription import (
+        InputError,
+        collect_inputs,
+        output_format,
+        transcribe_to_file,
+    )
     from kidwhisper.models.factory import load_model
 
+    inputs = [p for p in args.paths if Path(p).is_file()]  # a folder may hold the output
+    refuse_output_over_input(args.out, inputs, "--out")  # before minutes of loading
     try:
         fmt = output_format(args.out, args.format)  # before minutes of loading and decoding
+        collect_inputs(args.paths)  # every bad manifest line, before the model loads
         wm = load_model(args.model, audio_context=args.audio_context)
         wm.model.to(pick_device(args.device))
         guards = {} if args.guards else {"max_tokens_per_second": None, "repetition_limit": None}
@@ -139,10 +150,11 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_import_ct2(args: argparse.Namespace) -> int:
-    from kidwhisper.models.ct2 import import_ct2
+    from kidwhisper.models.export import import_ct2_folder
 
-    model = import_ct2(Path(args.src), Path(args.out))
-    print(f"wrote {args.out} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params)")
+    out = import_ct2_folder(args.src, args.out, force=args.force)
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    print(f"wrote {out} (transformers, safetensors, {size / 2**20:.1f} MiB)")
     return 0
 
 
@@ -158,7 +170,7 @@ def cmd_export_ct2(args: argparse.Namespace) -> int:
 def cmd_average(args: argparse.Namespace) -> int:
     from kidwhisper.models.averaging import average_checkpoints
 
-    out = average_checkpoints(args.checkpoints, Path(args.out), args.weights)
+    out = average_checkpoints(args.checkpoints, Path(args.out), args.weights, args.force)
     print(f"averaged {len(args.checkpoints)} checkpoints into {out}")
     return 0
 
@@ -166,7 +178,8 @@ def cmd_average(args: argparse.Namespace) -> int:
 def cmd_merge_lora(args: argparse.Namespace) -> int:
     from kidwhisper.models.adapters import merge_lora
 
-    print(f"merged into {merge_lora(args.checkpoint, Path(args.out), args.base)}")
+    out = merge_lora(args.checkpoint, Path(args.out), args.base, args.force)
+    print(f"merged into {out}")
     return 0
 
 

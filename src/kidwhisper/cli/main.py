@@ -151,6 +151,7 @@ def _add_models(sub) -> None:
     p = sub.add_parser("import-ct2", help="convert a CTranslate2 Whisper folder to transformers")
     p.add_argument("src", help="folder with model.bin, config.json, tokenizer.json")
     p.add_argument("out", help="output folder (safetensors)")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_import_ct2)
 
     p = sub.add_parser(
@@ -173,12 +174,14 @@ def _add_models(sub) -> None:
     )
     p.add_argument("--out", required=True, help="output model folder (transformers layout)")
     p.add_argument("--weights", type=float, nargs="+", help="one per checkpoint (default equal)")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_average)
 
     p = sub.add_parser("merge-lora", help="merge LoRA adapters into a plain transformers model")
     p.add_argument("checkpoint", help="a LoRA run's checkpoint (step_N) or a PEFT adapter folder")
     p.add_argument("--out", required=True, help="output model folder (transformers layout)")
     p.add_argument("--base", help="base of a PEFT adapter (default: its adapter_config.json's)")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_merge_lora)
 
 

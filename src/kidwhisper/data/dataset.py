@@ -35,6 +35,7 @@ from kidwhisper.data.problems import (
     EMPTY_TEXT,
     LABEL_TOO_LONG,
     MALFORMED,
+    MAX_LOGGED,
     NOT_UTF8,
     SILENCE_PEAK,
     SILENT,
@@ -75,25 +76,33 @@ class Utterance:
 
 
 def read_manifest(
-    path: str | Path, require_text: bool = True, problems: DataProblems | None = None
+    path: str | Path,
+    require_text: bool = True,
+    problems: DataProblems | None = None,
+    strict: bool | None = None,
 ) -> list[Utterance]:
     """Parse a competition-format jsonl file into utterances.
 
-    Without `problems`, the first bad line is an error (`ManifestError`). With it, bad lines
-    (not UTF-8, not JSON, missing fields), repeated ids (the first is kept) and, when text
-    is required, empty text are reported there under its policy and left out.
+    Structural problems (lines not UTF-8 or not JSON, missing fields, fields of the wrong
+    type, repeated ids) are, with `strict` (the default without `problems`: evaluation,
+    transcription, curation), all collected and raised as one `ManifestError` that lists
+    them, so one run shows every line to fix. Without `strict` (training) each goes to
+    `problems` under its policy and the line is left out (the first of repeated ids is
+    kept). With `problems` and `require_text`, empty texts are reported there and left out.
     """
     path = Path(path)
-    utterances, seen = [], {}
+    strict = problems is None if strict is None else strict
+    utterances, seen, bad = [], {}, []
     with open(path, "rb") as lines:
         for number, raw in enumerate(lines, 1):
             where = f"{path}:{number}"
             try:
                 utterance = _parse_line(raw, path.parent, where, require_text, seen)
             except ManifestError as err:
-                if problems is None:
-                    raise
-                problems.add(where, err.reason, str(err))
+                if strict:
+                    bad.append(str(err))
+                else:
+                    problems.add(where, err.reason, str(err))
                 continue
             if utterance is None:
                 continue
@@ -103,7 +112,18 @@ def read_manifest(
                 continue
             seen[utterance.utterance_id] = number
             utterances.append(utterance)
+    if bad:
+        raise ManifestError(problem_list(path, bad))
     return utterances
+
+
+def problem_list(path: Path, messages: list[str]) -> str:
+    """One error for every bad line: the first MAX_LOGGED one per line, then a count."""
+    shown = [f"  {m}" for m in messages[:MAX_LOGGED]]
+    if len(messages) > MAX_LOGGED:
+        shown.append(f"  ... and {len(messages) - MAX_LOGGED} more")
+    head = f"{path}: {len(messages)} bad line(s); fix them all, then run again:"
+    return "\n".join([head, *shown])
 
 
 def _parse_line(
@@ -112,7 +132,7 @@ def _parse_line(
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        message = f"{where}: not UTF-8 ({err.reason} at byte {err.start})"
+        message = f"{where}: not UTF-8 ({err.reason} at byte {err.start}); save the file as UTF-8"
         raise ManifestError(message, NOT_UTF8) from err
     if not line.strip():
         return None
@@ -131,19 +151,34 @@ def _parse_line(
     return utterance
 
 
+def _field_problems(row: dict, required: list[str]) -> list[str]:
+    """What is wrong with a line's fields: required strings missing or of another type,
+    optional ones (age, speaker, duration) present but of the wrong type."""
+    missing = [key for key in required if row.get(key) is None]
+    found = [f"missing field(s) {missing}"] if missing else []
+    optional = {"age_bucket": str, "child_id": str, "audio_duration_sec": int | float}
+    expected = {**dict.fromkeys(required, str), **optional}
+    for key, kind in expected.items():
+        value = row.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            want = "a string" if kind is str else "a number"
+            found.append(f"{key} must be {want}, got {type(value).__name__} {value!r}")
+    return found
+
+
 def _utterance(row: object, root: Path, where: str, require_text: bool) -> Utterance:
     if not isinstance(row, dict):
         raise ManifestError(f"{where}: expected a JSON object")
     required = ["utterance_id", "audio_path"] + (["orthographic_text"] if require_text else [])
-    missing = [key for key in required if not isinstance(row.get(key), str)]
-    if missing:
-        raise ManifestError(f"{where}: missing or non-string field(s) {missing}")
+    wrong = _field_problems(row, required)
+    if wrong:
+        raise ManifestError(f"{where}: {'; '.join(wrong)}")
     duration = row.get("audio_duration_sec")
     return Utterance(
         utterance_id=row["utterance_id"],
         audio=root / row["audio_path"],
         text=row.get("orthographic_text"),
-        duration=float(duration) if isinstance(duration, int | float) else None,
+        duration=None if duration is None else float(duration),
         age_bucket=row.get("age_bucket"),
         speaker=row.get("child_id"),
     )

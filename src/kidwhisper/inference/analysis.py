@@ -24,6 +24,7 @@ import jiwer
 
 from kidwhisper.data.text import normalize
 from kidwhisper.errors import UserError
+from kidwhisper.files import atomic_open, atomic_write_text
 from kidwhisper.inference.scoring import WerReport, percent, score
 
 # Clip-length bins: (label, upper bound in seconds, exclusive), in display order.
@@ -348,7 +349,8 @@ def write_chart(result: Analysis, path: str | Path) -> Path | None:
         ax.set_ylim(0, max([*values, 100 * result.overall.wer]) * 1.25 + 1)
         ax.legend(loc="upper right")
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    with atomic_open(path, "wb") as out:
+        fig.savefig(out, dpi=120, format="png")
     return path
 
 
@@ -369,7 +371,7 @@ def write_report(
     if chart:
         md += [f"![WER by age bucket and clip length]({chart.name})", ""]
     md += _errors_md(result, n)
-    path.write_text("\n".join(md) + "\n", encoding="utf-8")
+    atomic_write_text(path, "\n".join(md) + "\n")
     return path, chart
 
 

@@ -36,6 +36,7 @@ from kidwhisper.data.dataset import Utterance, read_manifest
 from kidwhisper.data.problems import HIGH_WER, UNDECODABLE, DataProblems
 from kidwhisper.data.weighting import bucket
 from kidwhisper.errors import UserError
+from kidwhisper.files import atomic_open, atomic_write_text
 
 if TYPE_CHECKING:
     from kidwhisper.inference.decoding import DecodingOptions
@@ -54,9 +55,10 @@ class CurationError(UserError, ValueError):
 def read_rows(
     path: str | Path, problems: DataProblems, require_text: bool = True
 ) -> list[tuple[Utterance, dict]]:
-    """The manifest's usable entries, each with its line as written. Bad lines (and, with
-    `require_text`, empty texts) go to `problems` as in training (read_manifest)."""
-    utterances = read_manifest(path, require_text=require_text, problems=problems)
+    """The manifest's usable entries, each with its line as written. Bad lines stop it with
+    one error listing them all (read_manifest); with `require_text`, empty texts go to
+    `problems`, as in training."""
+    utterances = read_manifest(path, require_text, problems, strict=True)
     rows: dict[str, dict] = {}
     with open(path, "rb") as lines:
         for raw in lines:
@@ -88,12 +90,9 @@ def check_outputs(outputs: list[Path], inputs: list[Path], force: bool) -> None:
 
 
 def write_rows(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "w", encoding="utf-8") as out:
+    with atomic_open(path) as out:
         for row in rows:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    partial.replace(path)
     return path
 
 
@@ -175,11 +174,13 @@ def filter_by_wer(
 def check_filter(
     manifest: Path, out: Path, report: str | Path | None, max_wer: float, force: bool
 ) -> Path:
-    """The report's path, once the threshold and the outputs are known to be fine."""
+    """The report's path, once the threshold, the outputs and every line of the manifest
+    are known to be fine (before a model loads)."""
     report = Path(report) if report else out.with_suffix(".report.json")
     if not max_wer >= 0:
         raise CurationError(f"--max-wer must be >= 0, got {max_wer}")
     check_outputs([out, report], [manifest], force)
+    read_manifest(manifest, strict=True)  # all bad lines in one error
     return report
 
 
@@ -197,9 +198,7 @@ def _write_report(result: FilterReport, details: dict[str, dict]) -> None:
         "not_judged": result.not_judged,
         "dropped": dropped,
     }
-    report = Path(result.report)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(json.dumps(body, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write_text(result.report, json.dumps(body, indent=1, ensure_ascii=False) + "\n")
 
 
 # --- split ---------------------------------------------------------------------------------

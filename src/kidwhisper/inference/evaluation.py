@@ -14,6 +14,7 @@ from pathlib import Path
 
 from kidwhisper.config import EvaluationConfig
 from kidwhisper.data.dataset import Utterance
+from kidwhisper.files import atomic_open
 from kidwhisper.inference.batching import transcribe
 from kidwhisper.inference.decoding import DecodingOptions
 from kidwhisper.inference.scoring import WerReport, score
@@ -90,8 +91,7 @@ def save_predictions(result: EvalResult, path: str | Path) -> Path:
     """Write predictions as jsonl: `utterance_id`, `orthographic_text` (the submission
     schema) plus the reference and age bucket for error analysis."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as out:
+    with atomic_open(path) as out:  # a crash leaves the previous file, never half of one
         for p in result.predictions:
             row = {
                 "utterance_id": p["utterance_id"],

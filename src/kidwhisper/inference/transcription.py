@@ -33,6 +33,7 @@ import soundfile as sf
 from kidwhisper.data.audio import CHUNK_SECONDS, SAMPLE_RATE, AudioError, load_audio
 from kidwhisper.data.dataset import Utterance, read_manifest
 from kidwhisper.errors import UserError
+from kidwhisper.files import atomic_write_text
 from kidwhisper.inference.batching import transcribe
 from kidwhisper.inference.decoding import DecodingOptions
 
@@ -297,7 +298,6 @@ def transcribe_to_file(
 def write_transcripts(result: TranscriptionResult, out: str | Path, fmt: str) -> Path:
     """Write one line (jsonl, txt) or one srt block per window, in input order."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "jsonl":
         lines = [json.dumps(_row(f), ensure_ascii=False) + "\n" for f in result.files]
     elif fmt == "txt":
@@ -306,7 +306,7 @@ def write_transcripts(result: TranscriptionResult, out: str | Path, fmt: str) ->
         lines = [to_srt(result.files)]
     else:
         raise InputError(f"unknown output format {fmt!r}; use jsonl, txt or srt")
-    out.write_text("".join(lines), encoding="utf-8")
+    atomic_write_text(out, "".join(lines))
     log.info("wrote %d transcripts to %s (%s)", len(result.files), out, fmt)
     return out
 

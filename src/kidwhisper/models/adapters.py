@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import load_file
 
 from kidwhisper.errors import UserError
+from kidwhisper.files import atomic_folder, looks_like_model, refuse_output_over_input
 
 if TYPE_CHECKING:
     from kidwhisper.config import Config
@@ -156,24 +157,38 @@ def adapter_folder(source: str | Path) -> Path | None:
     return None
 
 
-def merge_lora(source: str | Path, out: str | Path, base: str | None = None) -> Path:
+def merge_lora(
+    source: str | Path, out: str | Path, base: str | None = None, force: bool = False
+) -> Path:
     """Merge an adapter into its base and write a plain transformers folder `out`.
 
     `source` is a kidwhisper LoRA checkpoint (`step_N/` or its `adapter/`), which carries its
     own base, or a PEFT adapter folder, whose base is `base` (a model folder, `bundled:...`
-    or a Hub id) or else its adapter_config.json's `base_model_name_or_path`.
+    or a Hub id) or else its adapter_config.json's `base_model_name_or_path`. `out` is
+    written beside and renamed into place; it may not be or hold `source`, and an existing
+    model folder is replaced only with `force`.
     """
+    adapter = adapter_folder(source)
+    if adapter is None:
+        raise FileNotFoundError(f"{source}: no {ADAPTER_CONFIG} here or in {ADAPTER_DIR}/")
+    out = Path(out)
+    refuse_output_over_input(out, [source, adapter], "merge-lora --out")
+    with atomic_folder(out, force, looks_like_model, "model") as tmp:
+        _merge(adapter, tmp, base)
+    log.info("merged %s into %s", adapter, out)
+    return out
+
+
+def _merge(adapter: Path, out: Path, base: str | None) -> None:
+    """merge_lora's work, into the (temporary) folder `out`."""
     from peft import PeftModel
 
     from kidwhisper.models.factory import RANDOM, load_model
 
-    adapter = adapter_folder(source)
-    if adapter is None:
-        raise FileNotFoundError(f"{source}: no {ADAPTER_CONFIG} here or in {ADAPTER_DIR}/")
     step = adapter.parent if (adapter / BASE_LAYERS).is_file() else None
     if step is not None:
         if base is not None:
-            raise LoraError(f"{source}: a kidwhisper checkpoint carries its base; drop --base")
+            raise LoraError(f"{adapter}: a kidwhisper checkpoint carries its base; drop --base")
         wm = load_model(str(step / "model"))
         _, unexpected = wm.model.load_state_dict(load_file(adapter / BASE_LAYERS), strict=False)
         if unexpected:
@@ -187,10 +202,8 @@ def merge_lora(source: str | Path, out: str | Path, base: str | None = None) -> 
         wm.model = PeftModel.from_pretrained(wm.model, adapter).merge_and_unload()
     except (ValueError, RuntimeError, KeyError) as err:
         raise LoraError(f"{adapter}: does not fit {step or base}: {err}") from err
-    out = wm.save(out)
+    wm.save(out)
     if step is not None and (step / "config.yaml").is_file():
         shutil.copy(step / "config.yaml", out / "kidwhisper.yaml")
     record = {"adapter": str(adapter), "base": str(step / "model") if step else base}
     (out / "merged_from.json").write_text(json.dumps(record, indent=2) + "\n")
-    log.info("merged %s into %s", adapter, out)
-    return out

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from kidwhisper.errors import UserError
+from kidwhisper.files import atomic_folder, looks_like_model, refuse_output_over_input
 from kidwhisper.models import adapters
 from kidwhisper.models.factory import load_model, load_state
 
@@ -81,13 +82,23 @@ def average_weights(
 
 
 def average_checkpoints(
-    sources: list[str | Path], out: str | Path, weights: list[float] | None = None
+    sources: list[str | Path],
+    out: str | Path,
+    weights: list[float] | None = None,
+    force: bool = False,
 ) -> Path:
     """Average `sources` into a plain transformers folder `out` (tokenizer, feature
     extractor and kidwhisper config taken from the first), with `averaged_from.json`.
-    A source that is a LoRA adapter folder is merged into its base first."""
+    A source that is a LoRA adapter folder is merged into its base first. `out` is written
+    beside and renamed into place; it may not be or hold a source, and an existing model
+    folder is replaced only with `force`."""
+    out = Path(out)
+    refuse_output_over_input(out, sources, "average --out")
     is_adapter = [(Path(s) / adapters.ADAPTER_CONFIG).is_file() for s in sources]
-    with tempfile.TemporaryDirectory(prefix="kidwhisper-merged-") as scratch:
+    with (
+        atomic_folder(out, force, looks_like_model, "model") as tmp,
+        tempfile.TemporaryDirectory(prefix="kidwhisper-merged-") as scratch,
+    ):
         folders = [
             adapters.merge_lora(s, Path(scratch) / str(i)) if adapter else model_folder(s)
             for i, (s, adapter) in enumerate(zip(sources, is_adapter, strict=True))
@@ -98,11 +109,13 @@ def average_checkpoints(
             load_state(wm.model, state)
         except ValueError as err:
             raise AveragingError(f"averaged weights: {err}") from err
-        out = wm.save(out)
+        wm.save(tmp)
         if (folders[0] / "kidwhisper.yaml").is_file():
-            shutil.copy(folders[0] / "kidwhisper.yaml", out / "kidwhisper.yaml")
-    folders = [Path(s) if a else f for s, a, f in zip(sources, is_adapter, folders, strict=True)]
-    record = {"sources": [str(f) for f in folders], "weights": weights or [1.0] * len(folders)}
-    (out / "averaged_from.json").write_text(json.dumps(record, indent=2) + "\n")
+            shutil.copy(folders[0] / "kidwhisper.yaml", tmp / "kidwhisper.yaml")
+        folders = [
+            Path(s) if a else f for s, a, f in zip(sources, is_adapter, folders, strict=True)
+        ]
+        record = {"sources": [str(f) for f in folders], "weights": weights or [1.0] * len(folders)}
+        (tmp / "averaged_from.json").write_text(json.dumps(record, indent=2) + "\n")
     log.info("averaged %d checkpoints into %s", len(folders), out)
     return out

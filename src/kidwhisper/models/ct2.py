@@ -27,10 +27,16 @@ import torch
 from transformers import GenerationConfig, WhisperForConditionalGeneration
 
 from kidwhisper.data.text import special_tokens, tokenizer_from_json, with_timestamp_tokens
+from kidwhisper.errors import UserError
 from kidwhisper.models.bundled import cache_dir, ct2_files
 from kidwhisper.models.variants import Variant, variant_of
 
 log = logging.getLogger(__name__)
+
+
+class CT2Error(UserError, ValueError):
+    """A CTranslate2 folder that cannot be converted; the message names the file."""
+
 
 _DTYPES = ("float32", "int8", "int16", "int32", "float16", "bfloat16")
 
@@ -178,6 +184,20 @@ def generation_config(ct2_config: dict, special, max_length: int = 448) -> Gener
     return gen
 
 
+def _read_checked(parts: list[Path], src: Path) -> tuple[Variant, dict]:
+    """The variant and transformers state dict of a model.bin; a truncated or
+    corrupt file is a `CT2Error` naming it (struct, shape and key errors alike)."""
+    try:
+        variables = read_model_bin(parts)
+        variant = _variant_from_ct2(variables, src)
+        return variant, state_dict_from_ct2(variables)
+    except (struct.error, ValueError, KeyError, IndexError, UnicodeDecodeError) as err:
+        raise CT2Error(
+            f"{parts[0]}: not a readable CTranslate2 Whisper model.bin, truncated or corrupt "
+            f"({type(err).__name__}: {err}); copy or download the model folder again"
+        ) from err
+
+
 def import_ct2(
     src: Path, out: Path, model_parts: Sequence[Path] | None = None
 ) -> WhisperForConditionalGeneration:
@@ -185,7 +205,8 @@ def import_ct2(
 
     `src` holds config.json and tokenizer.json, and model.bin unless `model_parts` (a split
     model.bin, concatenated in order) is given. Writes weights as safetensors plus the
-    tokenizer, feature extractor and generation config, and returns the model.
+    tokenizer, feature extractor and generation config, and returns the model. Writes
+    into `out` directly: callers stage it (`bundled_path`, `export.import_ct2_folder`).
     """
     from kidwhisper.data.audio import feature_extractor
 
@@ -194,8 +215,7 @@ def import_ct2(
     for path in [*parts, src / "tokenizer.json"]:
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: not a CTranslate2 Whisper folder?")
-    variables = read_model_bin(parts)
-    variant = _variant_from_ct2(variables, src)
+    variant, state = _read_checked(parts, src)
     spec = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
     tokenizer = tokenizer_from_json(with_timestamp_tokens(spec, variant.vocab_size))
     special = special_tokens(tokenizer, not variant.english_only, variant.vocab_size)
@@ -207,7 +227,7 @@ def import_ct2(
         tie_word_embeddings=True,
     )
     model = WhisperForConditionalGeneration(config)
-    missing, unexpected = model.load_state_dict(state_dict_from_ct2(variables), strict=False)
+    missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or set(missing) != {"proj_out.weight"}:
         raise ValueError(f"{src}: conversion mismatch, missing={missing} unexpected={unexpected}")
     model.tie_weights()

@@ -15,16 +15,21 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 from transformers import WhisperTokenizerFast
 
 from kidwhisper.data.audio import feature_extractor
 from kidwhisper.errors import UserError
+from kidwhisper.files import (
+    atomic_folder,
+    check_replace,
+    looks_like_model,
+    refuse_output_over_input,
+)
 from kidwhisper.models.averaging import model_folder
 from kidwhisper.models.bundled import BUNDLED_PREFIX
-from kidwhisper.models.ct2 import bundled_path
+from kidwhisper.models.ct2 import bundled_path, import_ct2
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,17 @@ def source_folder(model: str | Path) -> Path:
     return folder
 
 
+def import_ct2_folder(src: str | Path, out: str | Path, force: bool = False) -> Path:
+    """`kidwhisper import-ct2`: `ct2.import_ct2` into a folder written beside `out` and
+    renamed into place; an existing model folder is replaced only with `force`, and `out`
+    may not be or hold `src`. (Here, not in ct2.py, which the submission ships.)"""
+    src, out = Path(src), Path(out)
+    refuse_output_over_input(out, [src], "import-ct2 OUT")
+    with atomic_folder(out, force, looks_like_model, "model") as tmp:
+        import_ct2(src, tmp)
+    return out
+
+
 def export_ct2(
     model: str | Path,
     out_dir: str | Path,
@@ -75,8 +91,7 @@ def export_ct2(
     if quantization not in QUANTIZATIONS:
         raise ExportError(f"quantization {quantization!r}: use one of {', '.join(QUANTIZATIONS)}")
     out = Path(out_dir)
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} already exists: pass --force to replace it")
+    check_replace(out, force, looks_like_model, "model")  # before minutes of converting
     try:
         from ctranslate2.converters import TransformersConverter
     except ImportError as err:
@@ -84,13 +99,10 @@ def export_ct2(
             f"exporting to CTranslate2 needs ctranslate2: pip install ctranslate2 ({err})"
         ) from err
     src = source_folder(model)
-    if src.resolve().is_relative_to(out.resolve()):
-        raise ExportError(f"{out}: the output folder would replace the model {src} itself")
+    refuse_output_over_input(out, [src], "export-ct2 OUT")
 
     tokenizer = WhisperTokenizerFast.from_pretrained(src)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_folder(out, force, looks_like_model, "model") as staging:
         target = staging / "model"  # the converter wants to create the folder itself
         TransformersConverter(str(src)).convert(str(target), quantization=quantization)
         _complete_config(target / "config.json", tokenizer)
@@ -103,11 +115,9 @@ def export_ct2(
         else:
             n_mels = json.loads((src / "config.json").read_text())["num_mel_bins"]
             feature_extractor(n_mels).save_pretrained(target)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(target, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        for item in target.iterdir():
+            os.replace(item, staging / item.name)
+        target.rmdir()
     log.info("exported %s to %s (CTranslate2, %s)", src, out, quantization)
     return out
 

@@ -7,7 +7,9 @@ its tokenizer and feature extractor, and the special ids derived from that token
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +20,8 @@ from transformers import WhisperConfig, WhisperForConditionalGeneration, Whisper
 from kidwhisper.config import FULL, parse_context
 from kidwhisper.data.audio import feature_extractor
 from kidwhisper.data.text import family_tokenizer, special_tokens
-from kidwhisper.models.bundled import BUNDLED_PREFIX, get_bundled
+from kidwhisper.errors import UserError
+from kidwhisper.models.bundled import BUNDLED, BUNDLED_PREFIX, get_bundled
 from kidwhisper.models.ct2 import bundled_path
 from kidwhisper.models.short_input import enable_short_input, record_context, recorded_context
 from kidwhisper.models.variants import Variant, get_variant, variant_of
@@ -190,12 +193,71 @@ def load_model(
     task: str = "transcribe",
 ) -> WhisperModel:
     """Load any source without a config; the variant is read from the weights when unset.
-    The packaged submission's main.py loads its model through here too."""
-    if variant is None:
-        variant = _detect_variant(source)
-    return WhisperModel(
-        variant, source, language=language, task=task, audio_context=audio_context
-    ).load()
+    The packaged submission's main.py loads its model through here too. A source that
+    cannot load is a one-line `ModelSourceError` (suggesting close names), never a
+    traceback from the Hub client."""
+    check_source(source)
+    try:
+        if variant is None:
+            variant = _detect_variant(source)
+        return WhisperModel(
+            variant, source, language=language, task=task, audio_context=audio_context
+        ).load()
+    except OSError as err:
+        if isinstance(err, UserError) or Path(source).expanduser().exists():
+            raise
+        raise ModelSourceError(
+            f"{source}: not a model folder here, and not loadable as a Hugging Face Hub id "
+            f"(offline, or not in the Hub cache); give a local folder or bundled:<name> "
+            f"({', '.join(sorted(BUNDLED))})"
+        ) from err
+
+
+class ModelSourceError(UserError, FileNotFoundError):
+    """A model source that is no folder here, no bundled model and no loadable Hub id."""
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def check_source(source: str) -> None:
+    """Refuse, before any loading, a bundled name that does not exist or a local path that
+    is not there (a Hub-shaped `owner/name` whose `owner` folder is not here is left to
+    the Hub), with the closest names that do exist."""
+    if source == RANDOM:
+        return
+    if source.startswith(BUNDLED_PREFIX):
+        name = source.removeprefix(BUNDLED_PREFIX)
+        if name not in BUNDLED:
+            close = difflib.get_close_matches(name, list(BUNDLED), n=1)
+            hint = f" (did you mean {BUNDLED_PREFIX}{close[0]}?)" if close else ""
+            raise ModelSourceError(f"{source}: no bundled model {name!r}{hint}; "
+                                   f"bundled: {', '.join(sorted(BUNDLED))}")  # fmt: skip
+        return
+    path = Path(source).expanduser()
+    if path.exists() or (HUB_ID.fullmatch(source) and not path.parent.is_dir()):
+        return
+    close = _close_paths(path) + [
+        f"{BUNDLED_PREFIX}{n}" for n in difflib.get_close_matches(source, list(BUNDLED), n=1)
+    ]
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    raise ModelSourceError(
+        f"{source}: no such model folder{hint}; give a transformers model folder, a "
+        f"checkpoint, bundled:<name> ({', '.join(sorted(BUNDLED))}) or a Hub id"
+    )
+
+
+def _close_paths(path: Path) -> list[str]:
+    """Existing paths one typo away: the first missing part of `path` replaced by the
+    closest name in the deepest folder that exists."""
+    parts = path.parts
+    for depth in range(len(parts) - 1, -1, -1):
+        folder = Path(*parts[:depth]) if depth else Path(".")
+        if folder.is_dir():
+            names = [p.name for p in folder.iterdir()]
+            close = difflib.get_close_matches(parts[depth], names, n=2)
+            return [str(folder / c / Path(*parts[depth + 1 :])) for c in close]
+    return []
 
 
 def _detect_variant(source: str) -> str:

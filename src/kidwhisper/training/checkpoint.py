@@ -122,6 +122,15 @@ def save_checkpoint(
     return final
 
 
+def looks_like_run(folder: Path) -> bool:
+    """A run's checkpoint folder as training writes it: a `latest` marker, step folders,
+    the final model or TensorBoard logs (what `train --overwrite` and `archive` may move)."""
+    markers = (folder / LATEST, folder / "final", folder / "tensorboard")
+    return any(p.exists() for p in markers) or any(
+        p.name.startswith((PREFIX, f".{PREFIX}")) for p in folder.iterdir()
+    )
+
+
 def checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints under `root`, oldest first."""
     if not root.is_dir():

@@ -18,8 +18,15 @@ import yaml
 
 from kidwhisper.config import FULL, Config, dump_config, load_config
 from kidwhisper.data.problems import DataProblems
+from kidwhisper.files import (
+    UnsafePathError,
+    atomic_folder,
+    atomic_write_text,
+    check_plain_name,
+    remove_owned,
+)
 from kidwhisper.inference.scoring import percent
-from kidwhisper.training.checkpoint import code_version
+from kidwhisper.training.checkpoint import code_version, looks_like_run
 from kidwhisper.training.results import (
     plot_learning_curve,
     results_markdown,
@@ -36,7 +43,7 @@ class Experiment:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.name = config.output.name
+        self.name = check_plain_name(config.output.name, "output.name")
         self.dir = Path(config.output.experiments_dir) / self.name
         self.checkpoint_dir = Path(config.output.checkpoints_dir) / self.name
 
@@ -53,12 +60,13 @@ class Experiment:
                 f"{self.dir} already holds a finished run: pass --overwrite to replace it, "
                 f"or pick another name with output.name=..."
             )
-        if overwrite:
-            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+        if overwrite:  # only the run's own folder, and only if training wrote it
+            owner = self.config.output.checkpoints_dir
+            remove_owned(self.checkpoint_dir, owner, looks_like_run, "run folder")
             for old in [*self.dir.glob("predictions_step*.jsonl"), *self.dir.glob("guard_*.jsonl")]:
                 old.unlink()
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "config.yaml").write_text(dump_config(self.config), encoding="utf-8")
+        atomic_write_text(self.dir / "config.yaml", dump_config(self.config))
         return self
 
     @property
@@ -66,16 +74,13 @@ class Experiment:
         return self.checkpoint_dir / "final"
 
     def write_metrics(self, metrics: dict) -> Path:
-        path = self.dir / "metrics.json"
-        path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-        return path
+        return atomic_write_text(self.dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 
     def write_results(self, metrics: dict) -> Path:
         if metrics.get("loss_curve"):
             plot_learning_curve(metrics, self.dir / "learning_curve.png")
-        path = self.dir / "results.md"
-        path.write_text(results_markdown(self.name, self.config, metrics), encoding="utf-8")
-        return path
+        text = results_markdown(self.name, self.config, metrics)
+        return atomic_write_text(self.dir / "results.md", text)
 
 
 def environment() -> dict:
@@ -179,15 +184,15 @@ def write_final_model(experiment: Experiment) -> list[Path]:
     from kidwhisper.training.checkpoint import checkpoints, latest_checkpoint
 
     config = experiment.config
-    shutil.rmtree(experiment.model_dir, ignore_errors=True)
     sources = checkpoints(experiment.checkpoint_dir)[-config.training.average_last :]
-    if len(sources) > 1:
-        average_checkpoints(sources, experiment.model_dir)
-    else:
-        shutil.copytree(
-            latest_checkpoint(experiment.checkpoint_dir) / "model", experiment.model_dir
-        )
-    (experiment.model_dir / "kidwhisper.yaml").write_text(dump_config(config), encoding="utf-8")
+    # final/ lies inside the run's own folder: replaced whole, once the new one is complete.
+    with atomic_folder(experiment.model_dir, force=True) as tmp:
+        if len(sources) > 1:
+            average_checkpoints(sources, tmp, force=True)
+        else:
+            model = latest_checkpoint(experiment.checkpoint_dir) / "model"
+            shutil.copytree(model, tmp, dirs_exist_ok=True)
+        (tmp / "kidwhisper.yaml").write_text(dump_config(config), encoding="utf-8")
     return sources if len(sources) > 1 else []
 
 
@@ -232,8 +237,7 @@ def _number(folder: Path) -> int | None:
 def new_experiment(kind: str, root: Path, source: str | None = None) -> Path:
     """Create `<root>/<kind>_<NNN>/` (the next number across all experiments) with the config
     of `source` (an experiment name or a config file; default the template) and a main.py."""
-    if not kind.replace("-", "_").replace("_", "").isalnum():
-        raise ValueError(f"experiment name {kind!r}: use letters, digits and underscores")
+    check_plain_name(kind, "new-experiment NAME")
     root.mkdir(parents=True, exist_ok=True)
     numbers = [n for p in root.iterdir() if p.is_dir() and (n := _number(p)) is not None]
     folder = root / f"{kind}_{max(numbers, default=0) + 1:03d}"
@@ -333,15 +337,21 @@ def update_readme(readme: Path, table: str) -> None:
         text = head + block + rest.split(RESULTS_END, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n## Latest results\n\n" + block + "\n"
-    readme.write_text(text, encoding="utf-8")
+    atomic_write_text(readme, text)
 
 
 def archive(name: str, checkpoints_root: Path) -> Path:
     """Move `checkpoints/<name>` (weights, TensorBoard logs) to `checkpoints/archived/<name>`."""
+    check_plain_name(name, "archive RUN")
     source = checkpoints_root / name
     target = checkpoints_root / "archived" / name
-    if not source.is_dir():
+    if not source.is_dir() or source.is_symlink():
         raise FileNotFoundError(f"{source}: no such run to archive")
+    if name == "archived" or not looks_like_run(source):
+        raise UnsafePathError(
+            f"{source}: not a run folder (no checkpoints, final model or TensorBoard logs); "
+            "not moved"
+        )
     if target.exists():
         raise FileExistsError(f"{target} already exists: rename or remove it first")
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from kidwhisper.config import Config
 from kidwhisper.data.augment import describe
+from kidwhisper.files import atomic_open
 from kidwhisper.inference.scoring import percent
 
 
@@ -30,7 +31,8 @@ def plot_learning_curve(metrics: dict, path: Path) -> Path:
         wer_ax.set_ylabel("dev WER (%)", color="tab:red")
     loss_ax.set_title(metrics.get("name", ""))
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_open(path, "wb") as out:
+        fig.savefig(out, format="png")
     plt.close(fig)
     return path
 
