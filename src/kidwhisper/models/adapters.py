@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import load_file
 
 from kidwhisper.errors import UserError
+from kidwhisper.models.card import CardFacts, read_config, write_model_card
 
 if TYPE_CHECKING:
     from kidwhisper.config import Config
@@ -192,5 +193,7 @@ def merge_lora(source: str | Path, out: str | Path, base: str | None = None) -> 
         shutil.copy(step / "config.yaml", out / "kidwhisper.yaml")
     record = {"adapter": str(adapter), "base": str(step / "model") if step else base}
     (out / "merged_from.json").write_text(json.dumps(record, indent=2) + "\n")
+    origin = f"LoRA adapter `{adapter}` merged into `{record['base']}` (`kidwhisper merge-lora`)."
+    write_model_card(out, CardFacts(out.name, origin, read_config(out)))
     log.info("merged %s into %s", adapter, out)
     return out

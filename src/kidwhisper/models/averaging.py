@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from kidwhisper.errors import UserError
 from kidwhisper.models import adapters
+from kidwhisper.models.card import CardFacts, read_config, write_model_card
 from kidwhisper.models.factory import load_model, load_state
 
 log = logging.getLogger(__name__)
@@ -104,5 +105,10 @@ def average_checkpoints(
     folders = [Path(s) if a else f for s, a, f in zip(sources, is_adapter, folders, strict=True)]
     record = {"sources": [str(f) for f in folders], "weights": weights or [1.0] * len(folders)}
     (out / "averaged_from.json").write_text(json.dumps(record, indent=2) + "\n")
+    parts = zip(record["sources"], record["weights"], strict=True)
+    origin = f"The weighted mean of {len(folders)} checkpoints (`kidwhisper average`): "
+    origin += ", ".join(f"`{f}` (weight {w:g})" for f, w in parts)
+    counts = {"checkpoints averaged": len(folders)}
+    write_model_card(out, CardFacts(out.name, origin, read_config(out), counts=counts))
     log.info("averaged %d checkpoints into %s", len(folders), out)
     return out

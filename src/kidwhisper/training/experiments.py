@@ -19,8 +19,10 @@ import yaml
 from kidwhisper.config import FULL, Config, dump_config, load_config
 from kidwhisper.data.problems import DataProblems
 from kidwhisper.inference.scoring import percent
+from kidwhisper.models.card import write_model_card
 from kidwhisper.training.checkpoint import code_version
 from kidwhisper.training.results import (
+    card_facts,
     plot_learning_curve,
     results_markdown,
     trainable_share,
@@ -115,6 +117,7 @@ def run_experiment(config: Config, overwrite: bool = False, resume: bool = False
                 config, experiment, averaged_from, recorder.device
             )
         recorder(state)
+        write_model_card(experiment.model_dir, card_facts(config, recorder.metrics))
     return recorder.metrics
 
 
