@@ -76,8 +76,10 @@ def _variant(config: dict | None, model_json: dict) -> str | None:
 
 def base_model(config: dict | None, variant: str | None) -> str | None:
     """The Hub id of the starting model: bundled weights are OpenAI's own, converted; a local
-    folder or random initialisation has none."""
-    pretrained = (config or {}).get("model", {}).get("pretrained")
+    folder, random initialisation or an unknown origin (no config) has none."""
+    if config is None:
+        return None
+    pretrained = config.get("model", {}).get("pretrained")
     if variant and (pretrained is None or pretrained.startswith(BUNDLED_PREFIX)):
         return f"openai/whisper-{variant}"
     if not pretrained or pretrained == "random" or Path(pretrained).expanduser().exists():
