@@ -29,6 +29,7 @@ from .conftest import SO762, needs_shared
 pytestmark = [
     needs_shared,
     pytest.mark.integration,
+    pytest.mark.slow,  # decoding 2 x 20 clips with tiny.en: about 100 s on 2 busy cores
     pytest.mark.skipif(browser.missing() is not None, reason=str(browser.missing())),
 ]
 ENV = "KIDWHISPER_EXPLORER_PREDICTIONS"
