@@ -52,3 +52,18 @@ def random_tiny():
     from kidwhisper.models.factory import WhisperModel
 
     return WhisperModel("tiny", pretrained="random").load()
+
+
+def check_model_card(folder: Path):
+    """The folder's README.md as huggingface_hub reads it: a model card whose metadata and
+    (when present) model-index parse. Returns the `ModelCard`."""
+    from huggingface_hub import ModelCard
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.license == "apache-2.0" and "kidwhisper" in card.data.tags
+    index = card.data.to_dict().get("model-index")
+    if index:
+        _, results = model_index_to_eval_results(index)
+        assert results and all(r.metric_type == "wer" for r in results)
+    return card

@@ -16,7 +16,7 @@ from kidwhisper.models.averaging import AveragingError, average_checkpoints
 from kidwhisper.models.factory import WhisperModel
 from kidwhisper.training.experiments import run_experiment
 
-from .conftest import QUICKSTART, REPO
+from .conftest import QUICKSTART, REPO, check_model_card
 
 FC1 = "model.decoder.layers.0.fc1.weight"
 
@@ -43,6 +43,8 @@ def test_average_is_the_element_wise_mean_and_loads_in_transformers(two_models, 
     assert soup.proj_out.weight.data_ptr() == soup.model.decoder.embed_tokens.weight.data_ptr()
     record = json.loads((tmp_path / "soup" / "averaged_from.json").read_text())
     assert record["weights"] == [1.0, 1.0] and len(record["sources"]) == 2
+    card = check_model_card(tmp_path / "soup")
+    assert card.data.eval_results is None and "`kidwhisper average`" in card.text
 
 
 def test_weighted_average_and_training_checkpoint_folders(two_models, tmp_path):
@@ -106,3 +108,6 @@ def test_run_with_average_last_ends_on_the_mean_of_its_last_checkpoints(
     assert (folder / "predictions_average.jsonl").read_text().count("\n") == 3
     assert "| overall | n/a | " in (folder / "results.md").read_text()
     assert "average of steps [2, 3]" in (folder / "results.md").read_text()
+    card = check_model_card(run / "final")  # the run's card, with the averaged model's WER
+    assert card.data.eval_results[0].metric_value == round(100 * average["wer"], 2)
+    assert "The mean of the checkpoints of steps [2, 3]" in card.text

@@ -22,7 +22,7 @@ from kidwhisper.training.checkpoint import checkpoint_state
 from kidwhisper.training.run import Run, batch_stream
 from kidwhisper.training.schedule import build_optimizer
 
-from .conftest import QUICKSTART, REPO
+from .conftest import QUICKSTART, REPO, check_model_card
 
 ALL_LINEAR = "[q_proj,k_proj,v_proj,out_proj,fc1,fc2]"
 
@@ -166,6 +166,7 @@ def test_merge_lora_writes_a_model_plain_transformers_and_kidwhisper_load(
     wm = load_model(str(tmp_path / "merged"))
     assert wm.variant.name == "tiny" and wm.audio_context == "batch"
     assert (tmp_path / "merged" / "kidwhisper.yaml").is_file()
+    assert "`kidwhisper merge-lora`" in check_model_card(tmp_path / "merged").text
 
     # A PEFT adapter folder without kidwhisper's extras: its base comes from --base.
     peft_dir, base_dir = tmp_path / "peft_adapter", tmp_path / "base"

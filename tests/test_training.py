@@ -15,7 +15,7 @@ from kidwhisper.models.factory import WhisperModel
 from kidwhisper.training.loop import train
 from kidwhisper.training.schedule import lr_lambda
 
-from .conftest import REPO
+from .conftest import REPO, check_model_card
 
 
 @torch.inference_mode()
@@ -112,6 +112,10 @@ def test_cli_train_writes_the_experiment_folder(real_manifest: Path, tmp_path: P
     model_dir = tmp_path / "checkpoints" / "e2e" / "final"
     assert (model_dir / "model.safetensors").is_file()
     assert (model_dir / "kidwhisper.yaml").is_file()
+    card = check_model_card(model_dir)
+    assert card.data.base_model == "openai/whisper-tiny.en"
+    wer = {r.metric_name: r.metric_value for r in card.data.eval_results}["WER"]
+    assert wer == round(100 * metrics["eval_after"]["wer"], 2)
     assert "fine-tuned WER" in capsys.readouterr().out
     # A second run with the same name refuses to clobber the first.
     assert main(args) == 2

@@ -113,6 +113,12 @@ def cmd_score(args: argparse.Namespace) -> int:
         sources = (args.predictions, args.reference)
         report, chart = write_report(result, args.report, args.top, sources)
         print(f"report: {report}" + (f" (chart: {chart})" if chart else ""))
+    if args.html:
+        from kidwhisper.inference.explorer import write_score_html
+
+        sources = (args.predictions, args.reference)
+        page = write_score_html(result, args.reference, args.html, args.embed_audio, sources)
+        print(f"explorer: {page}")
     if result.unknown_ids:
         print(
             f"error: {len(result.unknown_ids)} prediction id(s) not in {args.reference} were "
@@ -121,6 +127,25 @@ def cmd_score(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """`kidwhisper compare PRED_A PRED_B REF [--html OUT]` (inference/comparison.py)."""
+    from kidwhisper.inference.analysis import id_list
+    from kidwhisper.inference.comparison import compare_files
+    from kidwhisper.inference.explorer import write_compare_html
+
+    names = tuple(args.names) if args.names else None
+    comparison = compare_files(args.predictions_a, args.predictions_b, args.reference, names)
+    print("\n".join(comparison.summary_lines()))
+    if args.html:
+        sources = (args.predictions_a, args.predictions_b, args.reference)
+        page = write_compare_html(comparison, args.reference, args.html, args.embed_audio, sources)
+        print(f"explorer: {page}")
+    for name, ids in comparison.unknown_ids.items():
+        print(f"error: {name}: {len(ids)} prediction id(s) not in {args.reference} were "
+              f"not scored: {id_list(ids, 10)}", file=sys.stderr)  # fmt: skip
+    return 1 if comparison.unknown_ids else 0
 
 
 def cmd_filter(args: argparse.Namespace) -> int:

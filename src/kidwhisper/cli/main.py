@@ -14,6 +14,7 @@ import sys
 from kidwhisper.cli.commands import (
     cmd_archive,
     cmd_average,
+    cmd_compare,
     cmd_estimate,
     cmd_evaluate,
     cmd_export_ct2,
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (
         _add_training,
         _add_decoding,
+        _add_compare,
         _add_curation,
         _add_models,
         _add_estimate,
@@ -120,7 +122,29 @@ def _add_decoding(sub) -> None:
     p.add_argument("reference", help="competition-format jsonl (age_bucket, durations optional)")
     p.add_argument("--report", help="write a Markdown report here, and a PNG chart beside it")
     p.add_argument("--top", type=int, default=10, help="how many top errors and worst utterances")
+    _html_args(p, "an HTML error explorer (charts, filters, aligned words, audio)")
     p.set_defaults(func=cmd_score)
+
+
+def _html_args(p: argparse.ArgumentParser, what: str) -> None:
+    """--html and --embed-audio: the self-contained explorer page (inference/explorer.py)."""
+    p.add_argument("--html", help=f"write {what} here; opens from disk, no server needed")
+    p.add_argument(
+        "--embed-audio",
+        action="store_true",
+        help="put the clips inside the page (to share it) instead of linking them by path",
+    )
+
+
+def _add_compare(sub) -> None:
+    """compare: two systems' predictions on the same references."""
+    p = sub.add_parser("compare", help="two predictions files side by side: WER and differences")
+    p.add_argument("predictions_a", help="system A's jsonl (e.g. before fine-tuning)")
+    p.add_argument("predictions_b", help="system B's jsonl (e.g. after)")
+    p.add_argument("reference", help="competition-format jsonl (age_bucket, durations optional)")
+    p.add_argument("--names", nargs=2, metavar=("A", "B"), help="default: the files' names")
+    _html_args(p, "a page of both systems and the utterances where they differ")
+    p.set_defaults(func=cmd_compare)
 
 
 def _add_curation(sub) -> None:

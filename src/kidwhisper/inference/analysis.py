@@ -187,7 +187,7 @@ def _grouped(refs: list[str], hyps: list[str], labels: list[str], order) -> dict
     return {label: groups[label] for label in sorted(groups, key=order)}
 
 
-def _align(utterance_id: str, ref: str, hyp: str, missing: bool) -> tuple[UtteranceScore, list]:
+def align(utterance_id: str, ref: str, hyp: str, missing: bool) -> tuple[UtteranceScore, list]:
     """Count one normalised pair's errors; also return its (type, ref words, hyp words) chunks."""
     ref_words, hyp_words = ref.split(), hyp.split()
     if not ref_words:  # as in scoring: no reference words, every hypothesis word is inserted
@@ -234,7 +234,7 @@ def analyse(predictions: dict[str, str], references: list[Reference]) -> Analysi
         unknown_ids=unknown,
     )
     for uid, ref, hyp in zip(ids, raw_refs, raw_hyps, strict=True):
-        scored, chunks = _align(uid, normalize(ref), normalize(hyp), uid not in predictions)
+        scored, chunks = align(uid, normalize(ref), normalize(hyp), uid not in predictions)
         result.utterances.append(scored)
         for kind, r, h in chunks:
             if kind == "substitute":

@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 
 from kidwhisper.errors import UserError
 from kidwhisper.files import atomic_folder, looks_like_model, refuse_output_over_input
+from kidwhisper.models.card import CardFacts, read_config, write_model_card
 
 if TYPE_CHECKING:
     from kidwhisper.config import Config
@@ -174,13 +175,16 @@ def merge_lora(
     out = Path(out)
     refuse_output_over_input(out, [source, adapter], "merge-lora --out")
     with atomic_folder(out, force, looks_like_model, "model") as tmp:
-        _merge(adapter, tmp, base)
+        record = _merge(adapter, tmp, base)
+        origin = f"LoRA adapter `{adapter}` merged into `{record['base']}`"
+        origin += " (`kidwhisper merge-lora`)."
+        write_model_card(tmp, CardFacts(out.name, origin, read_config(tmp)))
     log.info("merged %s into %s", adapter, out)
     return out
 
 
-def _merge(adapter: Path, out: Path, base: str | None) -> None:
-    """merge_lora's work, into the (temporary) folder `out`."""
+def _merge(adapter: Path, out: Path, base: str | None) -> dict[str, str]:
+    """merge_lora's work, into the (temporary) folder `out`; returns where it came from."""
     from peft import PeftModel
 
     from kidwhisper.models.factory import RANDOM, load_model
@@ -207,3 +211,4 @@ def _merge(adapter: Path, out: Path, base: str | None) -> None:
         shutil.copy(step / "config.yaml", out / "kidwhisper.yaml")
     record = {"adapter": str(adapter), "base": str(step / "model") if step else base}
     (out / "merged_from.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from kidwhisper.errors import UserError
 from kidwhisper.files import atomic_folder, looks_like_model, refuse_output_over_input
 from kidwhisper.models import adapters
+from kidwhisper.models.card import CardFacts, read_config, write_model_card
 from kidwhisper.models.factory import load_model, load_state
 
 log = logging.getLogger(__name__)
@@ -117,5 +118,15 @@ def average_checkpoints(
         ]
         record = {"sources": [str(f) for f in folders], "weights": weights or [1.0] * len(folders)}
         (tmp / "averaged_from.json").write_text(json.dumps(record, indent=2) + "\n")
+        _write_card(tmp, out.name, record)
     log.info("averaged %d checkpoints into %s", len(folders), out)
     return out
+
+
+def _write_card(folder: Path, name: str, record: dict) -> None:
+    """The model card of an averaged model: where its weights came from."""
+    parts = zip(record["sources"], record["weights"], strict=True)
+    origin = f"The weighted mean of {len(record['sources'])} checkpoints (`kidwhisper average`): "
+    origin += ", ".join(f"`{f}` (weight {w:g})" for f, w in parts)
+    counts = {"checkpoints averaged": len(record["sources"])}
+    write_model_card(folder, CardFacts(name, origin, read_config(folder), counts=counts))

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 import kidwhisper
 from kidwhisper.config import Config
+from kidwhisper.files import atomic_write_text
 from kidwhisper.models import adapters
 from kidwhisper.models.factory import WhisperModel
 
@@ -79,12 +80,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def save_checkpoint(
     root: Path,
     step: int,
@@ -116,7 +111,7 @@ def save_checkpoint(
     if final.exists():  # re-saving a step after a resume: replace it whole
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _write_text_atomic(root / LATEST, final.name + "\n")
+    atomic_write_text(root / LATEST, final.name + "\n")
     prune(root, keep)
     log.info("checkpoint saved: %s", final)
     return final

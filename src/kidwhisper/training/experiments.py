@@ -26,8 +26,10 @@ from kidwhisper.files import (
     remove_owned,
 )
 from kidwhisper.inference.scoring import percent
+from kidwhisper.models.card import write_model_card
 from kidwhisper.training.checkpoint import code_version, looks_like_run
 from kidwhisper.training.results import (
+    card_facts,
     plot_learning_curve,
     results_markdown,
     trainable_share,
@@ -120,6 +122,7 @@ def run_experiment(config: Config, overwrite: bool = False, resume: bool = False
                 config, experiment, averaged_from, recorder.device
             )
         recorder(state)
+        write_model_card(experiment.model_dir, card_facts(config, recorder.metrics))
     return recorder.metrics
 
 

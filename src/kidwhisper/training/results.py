@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kidwhisper.config import Config
+import yaml
+
+from kidwhisper.config import Config, dump_config
 from kidwhisper.data.augment import describe
 from kidwhisper.files import atomic_open
 from kidwhisper.inference.scoring import percent
+from kidwhisper.models.card import CardFacts
 
 
 def plot_learning_curve(metrics: dict, path: Path) -> Path:
@@ -118,3 +121,29 @@ def results_markdown(name: str, config: Config, metrics: dict) -> str:
         ]
     lines += ["", f"Code {metrics.get('environment', {}).get('code_version', '?')}.", ""]
     return "\n".join(lines)
+
+
+def card_facts(config: Config, metrics: dict) -> CardFacts:
+    """The final model's card from a run's figures: the averaged model's evaluation when the
+    final model is an average (`training.average_last`), else the last evaluation."""
+    final = metrics.get("eval_average") or metrics.get("eval_after")
+    evaluation = {**final, "data": config.data.eval} if final else None
+    origin = (
+        f"Fine-tuned by `kidwhisper train` (run `{metrics.get('name')}`, "
+        f"{metrics.get('steps')} steps) from `{config.pretrained}`."
+    )
+    if metrics.get("eval_average"):
+        origin += f" The mean of the checkpoints of steps {metrics['eval_average']['steps']}."
+    counts = {
+        "training manifests": ", ".join(f"`{p}`" for p in config.data.train),
+        "training utterances (after screening)": metrics.get("train_utterances"),
+        "clips seen in training": metrics.get("samples"),
+        "optimizer steps": metrics.get("steps"),
+        "bad training entries": metrics.get("bad_data_summary", "n/a"),
+        "evaluation utterances": final.get("utterances") if final else "not scored",
+        "trainable parameters": trainable_share(
+            metrics.get("trainable_params"), metrics.get("total_params")
+        ),
+    }
+    config_data = yaml.safe_load(dump_config(config))
+    return CardFacts(config.output.name, origin, config_data, evaluation, counts)
