@@ -394,11 +394,15 @@ class Run:
         }
 
     def save(self, wer: float | None) -> None:
-        # Collectives first: every rank takes part in gathering the whole state. With an
-        # EMA, model/ holds the average and the trainer state the weights being trained.
+        """A checkpoint of this step. With an EMA, its model/ holds the average and its
+        trainer state the weights being trained (the state's tensors share their storage)."""
         with swapped(self.ema):
-            trainer_state = self.trainer_state()
-            weights = distributed.model_state(self.model)
+            self._save(wer)
+
+    def _save(self, wer: float | None) -> None:
+        # Collectives first: every rank takes part in gathering the whole state.
+        trainer_state = self.trainer_state()
+        weights = distributed.model_state(self.model)
         if self.dist.is_main:
             ckpt.save_checkpoint(
                 self.root,
