@@ -125,7 +125,8 @@ def summarize(per_fold: list[dict]) -> dict:
     }
 
 
-def _cell(s: dict) -> str:
+def cell(s: dict) -> str:
+    """mean ± std [min–max] in percent."""
     return f"{percent(s['mean'])} ± {percent(s['std'])} [{percent(s['min'])}–{percent(s['max'])}]"
 
 
@@ -145,7 +146,7 @@ def markdown(name: str, per_fold: list[dict], summary: dict) -> str:
     ]
     for label, s, value in rows:
         cells = " | ".join(percent(value(f)) for f in per_fold)
-        lines.append(f"| {label} | {_cell(s)} | {cells} |")
+        lines.append(f"| {label} | {cell(s)} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
