@@ -227,5 +227,10 @@ def test_cv_cli_prints_the_table(pool, tmp_path: Path, capsys, monkeypatch):
     )
     assert main(["cv", str(tmp_path / "c.yaml"), "--folds", "2"]) == 0
     assert "| overall |" in capsys.readouterr().out
+    # Overrides may follow the options.
+    assert main(["cv", str(tmp_path / "c.yaml"), "--folds", "2", "output.name=named"]) == 0
+    assert (tmp_path / "exp" / "named-cv" / "cv.md").is_file()
+    with pytest.raises(SystemExit):
+        main(["cv", str(tmp_path / "c.yaml"), "--folds", "2", "--bogus"])
     assert main(["cv", str(tmp_path / "c.yaml"), "--folds", "2", "--pool", "nothing"]) == 2
     assert "names no data.train manifest" in capsys.readouterr().err

@@ -266,7 +266,14 @@ def _add_submission(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse takes positionals in one run: overrides after an option (`cv CONFIG --folds 4
+    # training.lr=2e-5`) arrive here, and join the others.
+    if extra and hasattr(args, "overrides") and all("=" in e[1:] for e in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
