@@ -122,8 +122,12 @@ class DataCollatorSpeechSeq2SeqWithPadding:
         return batch
 
 
-def train_plain(args: argparse.Namespace, clips: list[Utterance], out: Path) -> dict:
-    source = bundled_path("tiny.en")
+def train_plain(
+    args: argparse.Namespace, clips: list[Utterance], out: Path, variant: str = "tiny.en"
+) -> dict:
+    """The guide's recipe on the bundled `variant` (tiny.en or base); also
+    benchmarks/accuracy.py's plain side."""
+    source = bundled_path(variant)
     processor = WhisperProcessor.from_pretrained(source)
     if processor.tokenizer.pad_token is None:  # openai/whisper-* tokenizers pad with EOT
         processor.tokenizer.pad_token = processor.tokenizer.eos_token

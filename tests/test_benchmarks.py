@@ -96,3 +96,25 @@ def test_unpack_check_passes_large_v3_and_refuses_the_bomb(capsys):
     assert [row["verdict"] for row in rows] == ["passes", "passes", "refused"]
     assert all(row["declared_gb"] > 2 and row["on_disk_mb"] < 50 for row in rows)  # sparse
     assert "| open + check |" in capsys.readouterr().out
+
+
+@pytest.mark.integration
+@pytest.mark.slow  # --quick: about 110 s of CPU (2 folds x plain + 2 seeds, one step each)
+@needs_shared
+def test_accuracy_quick_prints_plain_and_kidwhisper_on_the_same_folds(tmp_path: Path, capsys):
+    pytest.importorskip("accelerate", reason="transformers' Trainer needs accelerate")
+    bench = _load("accuracy")
+    args = ["--quick", "--out-dir", str(tmp_path), "--json", str(tmp_path / "a.json")]
+    figures = bench.main(args)
+    table = capsys.readouterr().out
+    sides = [r["side"] for r in figures["rows"]]
+    assert sides == ["plain tiny.en", "kidwhisper kids_recommended.yaml"]
+    for side in sides:
+        assert f"| {side} |" in table
+    ours = figures["rows"][1]
+    assert ours["runs"] == 2 and ours["overall"]["n"] == 2  # seeds per fold, folds
+    assert all(r["wall_seconds"] > 0 and r["overall"]["mean"] >= 0 for r in figures["rows"])
+    assert "kidwhisper - plain, per fold:" in table
+    assert json.loads((tmp_path / "a.json").read_text())["rows"][0]["side"] == sides[0]
+    # Both sides were scored on the same held-out speakers of each fold.
+    assert (tmp_path / "folds" / "fold_2" / "heldout.jsonl").is_file()

@@ -98,6 +98,10 @@ class DataConfig:
     # sees them (`metric`: the competition normaliser, data/text.py, so "Mr. Smith's
     # colour" trains as "mister smith's color"). Evaluation always scores normalised text.
     label_normalization: Literal["none", "metric"] = "none"
+    # Augmentation for one training source only: data.train manifest (its path as written,
+    # folder name or file stem) -> an `augment` block its clips get INSTEAD of `augment`
+    # (what the block does not name is off), e.g. older speakers made child-like.
+    source_augment: dict[str, AugmentConfig] = field(default_factory=dict)
 
 
 @dataclass
@@ -137,6 +141,10 @@ class TrainingConfig:
     # keep_checkpoints >= K; checkpoints are written at each evaluation.
     average_last: int = field(default=1, metadata=_min(1))
     early_stopping_patience: int | None = field(default=None, metadata=_min(1))  # evaluations
+    # An exponential moving average of the trained weights (training/ema.py), decay
+    # min(ema_decay, (1 + n) / (10 + n)) after n updates; evaluations, checkpoints' model/
+    # and the final model use it. Unset or 0: off.
+    ema_decay: float | None = field(default=None, metadata={"min": 0, "max": 0.99999})
     log_every_steps: int = field(default=10, metadata=_min(1))
     # A step with a NaN/inf loss or gradient is skipped and counted; this many in a row stop
     # the run (training/faults.py).
@@ -192,6 +200,11 @@ class VtlpConfig(_Augmentation):  # vocal-tract-length perturbation: a frequency
 
 
 @dataclass
+class TempoConfig(_Augmentation):  # tempo only, the pitch kept (a phase vocoder)
+    rate: list[float] = _values(0.9, 1.1, pair=True, min=0.5, max=2)  # > 1: faster
+
+
+@dataclass
 class GainConfig(_Augmentation):
     db: list[float] = _values(-6.0, 6.0, pair=True, min=-40, max=40)
 
@@ -220,6 +233,7 @@ class AugmentConfig:
     gain: GainConfig = field(default_factory=GainConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    tempo: TempoConfig = field(default_factory=TempoConfig)
 
 
 @dataclass
@@ -304,9 +318,16 @@ def validate(config: Config, source: str, check_paths: bool = True) -> None:
     _validate_weights(config, source)
     if config.data.guard_eval and not config.data.eval:
         fail(source, "data.guard_eval", "needs data.eval: the guard is reported beside it")
+    if config.training.ema_decay and config.training.strategy == "fsdp":
+        fail(source, "training.ema_decay", "not with training.strategy fsdp (sharded weights)")
+    blocks = {"augment": config.augment}
+    for key, block in config.data.source_augment.items():
+        source_index(key, config.data.train, source)
+        blocks[f"data.source_augment.{key}"] = block
+    for prefix, block in blocks.items():
+        if block.noise.p > 0 and not block.noise.folder:
+            fail(source, f"{prefix}.noise.folder", f"must be set when {prefix}.noise.p > 0")
     noise = config.augment.noise
-    if noise.p > 0 and not noise.folder:
-        fail(source, "augment.noise.folder", "must be set when augment.noise.p > 0")
     if check_paths:
         _check_pretrained(m.pretrained, m.variant, source)
         for i, train in enumerate(config.data.train):
@@ -316,6 +337,20 @@ def validate(config: Config, source: str, check_paths: bool = True) -> None:
                 _check_file(getattr(config.data, key), source, f"data.{key}")
         if noise.folder and not resolve_path(noise.folder).is_dir():
             fail(source, "augment.noise.folder", f"folder not found: {noise.folder}")
+
+
+def source_index(key: str, train: list[str], source: str = "<config>") -> int:
+    """The data.train manifest a data.source_augment key names: its path as written, its
+    folder's name or its file stem, matching exactly one manifest."""
+    found = [
+        i for i, path in enumerate(train) if key in (path, Path(path).parent.name, Path(path).stem)
+    ]
+    if len(found) != 1:
+        what = "names no" if not found else f"names {len(found)} (write the path)"
+        names = [n for p in train for n in (p, Path(p).parent.name)]
+        fail(source, f"data.source_augment.{key}",
+             f"{what} data.train manifest {train}{hint(key, names)}")  # fmt: skip
+    return found[0]
 
 
 def _validate_weights(config: Config, source: str) -> None:

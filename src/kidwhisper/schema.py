@@ -59,6 +59,8 @@ def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
             return _coerce(value, inner[0], source, key)
         except ConfigError as err:
             raise ConfigError(f"{err}{'; or a mapping' if mapping else ''}") from None
+    if dataclasses.is_dataclass(tp):  # a section inside a mapping (data.source_augment)
+        return build(tp, value or {}, source, f"{key}.")
     if origin is dict:
         if not isinstance(value, dict):
             fail(source, key, f"must be a mapping, got {value!r}")

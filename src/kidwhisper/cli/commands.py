@@ -40,6 +40,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cv(args: argparse.Namespace) -> int:
+    """`kidwhisper cv CONFIG --folds K` (training/cv.py)."""
+    from kidwhisper.training.cv import cv_dir, run_cv
+
+    config = load_config(args.config, args.overrides)
+    run_cv(config, args.folds, args.seed, args.pool, args.overwrite)
+    out = cv_dir(config)
+    print((out / "cv.md").read_text(encoding="utf-8"))
+    print(f"folds and figures: {out}/ (cv.json, cv.md, folds/)")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from kidwhisper.data.dataset import read_manifest
     from kidwhisper.device import pick_device
@@ -166,10 +178,19 @@ def cmd_filter(args: argparse.Namespace) -> int:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    """`kidwhisper split MANIFEST --out-dir DIR` (inference/curation.py)."""
-    from kidwhisper.inference.curation import split_manifest
+    """`kidwhisper split MANIFEST --out-dir DIR` (inference/curation.py), or with
+    `--folds K` several manifests pooled into K speaker folds (inference/folds.py)."""
+    from kidwhisper.inference.curation import CurationError, split_manifest
+    from kidwhisper.inference.folds import write_folds
 
-    report = split_manifest(args.manifest, args.out_dir, args.dev_fraction, args.seed, args.force)
+    if args.folds is not None:
+        report = write_folds(args.manifest, args.folds, args.out_dir, args.seed, args.force)
+        print("\n".join(report.summary_lines()))
+        return 0
+    if len(args.manifest) > 1:
+        raise CurationError("a train/dev split takes one manifest (several need --folds K)")
+    manifest = args.manifest[0]
+    report = split_manifest(manifest, args.out_dir, args.dev_fraction, args.seed, args.force)
     print("\n".join(report.summary_lines()))
     return 0
 

@@ -15,6 +15,7 @@ from kidwhisper.cli.commands import (
     cmd_archive,
     cmd_average,
     cmd_compare,
+    cmd_cv,
     cmd_estimate,
     cmd_evaluate,
     cmd_export_ct2,
@@ -82,6 +83,18 @@ def _add_training(sub) -> None:
         help="require a checkpoint to continue from (an unfinished run resumes anyway)",
     )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("cv", help="speaker cross-validation: one experiment per fold, WER spread")
+    p.add_argument("config", help="YAML config; data.train's first + data.eval are pooled")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.lr=2e-5")
+    p.add_argument("--folds", type=int, default=4, help="K speaker folds (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="of the fold assignment")
+    p.add_argument(
+        "--pool", nargs="+", help="data.train manifests (paths or short names) pooled with "
+        "data.eval into folds (default: the first); the others train every fold"
+    )  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="run finished folds again")
+    p.set_defaults(func=cmd_cv)
 
 
 def _add_decoding(sub) -> None:
@@ -161,9 +174,19 @@ def _add_curation(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_filter)
 
-    p = sub.add_parser("split", help="speaker-disjoint train/dev split, stratified by age bucket")
-    p.add_argument("manifest", help="competition-format jsonl (child_id, age_bucket)")
-    p.add_argument("--out-dir", required=True, help="writes train.jsonl and dev.jsonl here")
+    p = sub.add_parser(
+        "split", help="speaker-disjoint train/dev split or K folds, stratified by age bucket"
+    )
+    p.add_argument(
+        "manifest", nargs="+", help="competition-format jsonl (child_id, age_bucket); "
+        "with --folds, several are pooled"
+    )  # fmt: skip
+    p.add_argument(
+        "--out-dir", "--out", required=True,
+        help="writes train.jsonl and dev.jsonl here (with --folds: fold_<i>/train.jsonl, "
+        "fold_<i>/heldout.jsonl and folds.json)",
+    )  # fmt: skip
+    p.add_argument("--folds", type=int, help="K speaker-disjoint cross-validation folds")
     p.add_argument("--dev-fraction", type=float, default=0.1, help="of each bucket's speakers")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace existing output files")
@@ -275,7 +298,14 @@ def _add_submission(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse takes positionals in one run: overrides after an option (`cv CONFIG --folds 4
+    # training.lr=2e-5`) arrive here, and join the others.
+    if extra and hasattr(args, "overrides") and all("=" in e[1:] for e in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -1,6 +1,7 @@
-"""On-the-fly training augmentation: waveform (speed, pitch, noise, gain) then log-mel (VTLP,
-SpecAugment), each applied to a clip with its own probability and drawn from its own range
-(`config.AugmentConfig`).
+"""On-the-fly training augmentation: waveform (speed, tempo, pitch, noise, gain) then log-mel
+(VTLP, SpecAugment), each applied to a clip with its own probability and drawn from its own
+range (`config.AugmentConfig`). `data.source_augment` gives one training manifest's clips a
+block of their own instead (`Augmenter.for_source`).
 
 Every draw comes from a numpy Generator seeded by (training.seed, epoch, dataset index,
 augmentation), so a clip is augmented the same way in any DataLoader worker, on any process
@@ -24,7 +25,14 @@ import soundfile as sf
 import soxr
 import torch
 
-from kidwhisper.config import AugmentConfig, ConfigError, SpecAugmentConfig, resolve_path
+from kidwhisper.config import (
+    AugmentConfig,
+    ConfigError,
+    DataConfig,
+    SpecAugmentConfig,
+    resolve_path,
+    source_index,
+)
 from kidwhisper.data.audio import (
     HOP_LENGTH,
     N_FRAMES,
@@ -37,7 +45,9 @@ from kidwhisper.data.audio import (
 
 NOISE_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 PV_FFT, PV_HOP = 512, 128  # the phase vocoder's STFT (32 ms windows, 75% overlap)
-STREAMS = ("speed", "pitch", "noise", "gain", "vtlp", "spec_augment")  # the order applied
+# Each augmentation's random stream (its index seeds it: new ones go last, so adding one
+# leaves the others' draws as they were). Applied as `waveform` and `features` read.
+STREAMS = ("speed", "pitch", "noise", "gain", "vtlp", "spec_augment", "tempo")
 
 
 # --- waveform ------------------------------------------------------------------------------
@@ -244,13 +254,30 @@ def _spans(
 # --- the augmenter -------------------------------------------------------------------------
 
 
-class Augmenter:
-    """Draws and applies a config's augmentations to one training clip at a time."""
+def _on(config: AugmentConfig) -> bool:
+    return any(getattr(config, name).p > 0 for name in STREAMS)
 
-    def __init__(self, config: AugmentConfig, seed: int) -> None:
+
+class Augmenter:
+    """Draws and applies a config's augmentations to one training clip at a time;
+    `by_source` (data.train index -> block) replaces them for one manifest's clips."""
+
+    def __init__(
+        self, config: AugmentConfig, seed: int, by_source: dict[int, AugmentConfig] | None = None
+    ) -> None:
         self.config, self.seed = config, seed % 2**64  # seed sequences take no negatives
         folder = config.noise.folder
         self.noise = NoiseBank(resolve_path(folder)) if config.noise.p > 0 and folder else None
+        self.by_source = {
+            s: Augmenter(block, seed) if _on(block) else None
+            for s, block in (by_source or {}).items()
+        }
+
+    def for_source(self, source: int) -> Augmenter | None:
+        """The augmenter of clips from data.train[`source`]: None when nothing is on."""
+        if source in self.by_source:
+            return self.by_source[source]
+        return self if _on(self.config) else None
 
     def _draw(self, name: str, epoch: int, index: int) -> np.random.Generator | None:
         """The Generator for augmentation `name` of clip `index` in `epoch`, or None when
@@ -266,6 +293,10 @@ class Augmenter:
             # Never slower than fits Whisper's 30 s window, so the label stays whole.
             factor = max(float(rng.choice(c.speed.factors)), len(audio) / (N_FRAMES * HOP_LENGTH))
             audio, applied["speed"] = change_speed(audio, factor), factor
+        if (rng := self._draw("tempo", epoch, index)) is not None:
+            longest = N_FRAMES * HOP_LENGTH  # as for speed: never slower than fits 30 s
+            rate = max(float(rng.uniform(*c.tempo.rate)), len(audio) / longest)
+            audio, applied["tempo"] = time_stretch(audio, rate), rate
         if (rng := self._draw("pitch", epoch, index)) is not None:
             semitones = float(rng.uniform(*c.pitch.semitones))
             audio, applied["semitones"] = pitch_shift(audio, semitones), semitones
@@ -297,14 +328,24 @@ class Augmenter:
         return features, applied
 
 
-def build_augmenter(config: AugmentConfig, seed: int) -> Augmenter | None:
-    """An Augmenter when any augmentation has p > 0, else None (training as before)."""
-    on = [name for name in STREAMS if getattr(config, name).p > 0]
-    return Augmenter(config, seed) if on else None
+def build_augmenter(
+    config: AugmentConfig, seed: int, data: DataConfig | None = None
+) -> Augmenter | None:
+    """An Augmenter when any augmentation has p > 0, in `config` or in a block of
+    `data.source_augment`, else None (training as before)."""
+    blocks = data.source_augment if data else {}
+    by_source = {source_index(key, data.train): block for key, block in blocks.items()}
+    if not _on(config) and not any(map(_on, by_source.values())):
+        return None
+    return Augmenter(config, seed, by_source)
 
 
-def describe(config: AugmentConfig) -> str:
-    """One line for reports: each augmentation that is on, with its settings."""
+def describe(config: AugmentConfig, data: DataConfig | None = None) -> str:
+    """One line for reports: each augmentation that is on, with its settings (and each
+    data.source_augment block's, after its manifest)."""
+    if data and data.source_augment:
+        blocks = "; ".join(f"{k}: {describe(b)}" for k, b in data.source_augment.items())
+        return f"{describe(config)} | per source: {blocks}"
     parts = []
     for name in STREAMS:
         settings = vars(getattr(config, name))

@@ -273,14 +273,16 @@ class SpeechDataset(Dataset):
                 )
                 return {**item, "reason": LABEL_TOO_LONG, "error": message}
             item["labels"] = labels
-        augment = self.augmenter is not None and "labels" in item
-        if augment:
-            audio, _ = self.augmenter.waveform(audio, self.epoch, index)
+        augmenter = None
+        if self.augmenter is not None and "labels" in item:
+            augmenter = self.augmenter.for_source(utt.source)  # data.source_augment's block
+        if augmenter:
+            audio, _ = augmenter.waveform(audio, self.epoch, index)
             # Speed changes the length: throughput counts and the encoder's frames follow.
             item["duration"] = len(audio) / SAMPLE_RATE
         frames = clip_frames(self.context, len(audio))
-        if augment:
-            item["input_features"], _ = self.augmenter.features(
+        if augmenter:
+            item["input_features"], _ = augmenter.features(
                 audio, self.n_mels, frames, self.epoch, index
             )
         else:

@@ -92,7 +92,7 @@ def results_markdown(name: str, config: Config, metrics: dict) -> str:
         f"({metrics.get('train_utterances', 0)} utterances)",
         f"- Evaluation data: `{config.data.eval}` ({after.get('utterances', 0)} utterances)",
         *_guard_line(config, after),
-        f"- Augmentation: {describe(config.augment)}",
+        f"- Augmentation: {describe(config.augment, config.data)}",
         f"- Steps: {metrics.get('steps')} x batch {t.batch_size} x accumulation "
         f"{t.gradient_accumulation_steps}, lr {t.lr:g} ({t.lr_schedule}), "
         f"precision {metrics.get('precision')}",

@@ -55,6 +55,7 @@ from kidwhisper.models.factory import ModelFactory
 from kidwhisper.training import checkpoint as ckpt
 from kidwhisper.training import distributed, faults
 from kidwhisper.training.anchor import KLAnchor, summed_kl
+from kidwhisper.training.ema import build_ema, swapped
 from kidwhisper.training.schedule import build_optimizer, lr_lambda
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ class Run:
         """The screened training set, the dev and guard sets, the augmenter and sampler."""
         data = self.config.data
         train_set = self._training_set()
-        self.augmenter = build_augmenter(self.config.augment, self.config.training.seed)
+        self.augmenter = build_augmenter(self.config.augment, self.config.training.seed, data)
         self.eval_set = load_utterances([data.eval] if data.eval else [], None)
         self.eval_set = self.eval_set[: data.max_eval_samples or None]
         guard = [data.guard_eval] if data.guard_eval else []
@@ -211,6 +212,7 @@ class Run:
         self.anchor = KLAnchor(model, tc.kl_weight, tc.kl_schedule) if tc.kl_weight else None
         self.param_counts = adapters.prepare(model, self.config)  # frozen parts, LoRA
         self.state.trainable_params, self.state.total_params = self.param_counts
+        self.ema = build_ema(model, tc.ema_decay)  # of what trains: after freezing and LoRA
         self.model = distributed.wrap(model, tc.strategy, self.dist)
         return train_set
 
@@ -339,6 +341,8 @@ class Run:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            if self.ema:
+                self.ema.update()
             self.state.step += 1
             self.state.samples += sum(len(b["utterance_ids"]) for b in window)
             self.state.audio_seconds += sum(sum(b["durations"]) for b in window)
@@ -360,7 +364,7 @@ class Run:
         start = time.perf_counter()
         shard = utterances[d.rank :: d.world_size]
         context = self.wm.audio_context if context is None else context
-        with distributed.gathered(self.model), self.wm.context(context):
+        with swapped(self.ema), distributed.gathered(self.model), self.wm.context(context):
             texts, errors = transcribe(
                 self.wm, shard, ev.batch_size, decoding_options(ev), progress=d.is_main
             )
@@ -381,6 +385,7 @@ class Run:
         self.gather_problems()
         self.state.sampler = [list(p) for p in distributed.gather_objects(list(self.position))]
         return {
+            **({"ema": self.ema.state_dict()} if self.ema else {}),
             "optimizer": distributed.optimizer_state(self.model, self.optimizer),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -389,6 +394,12 @@ class Run:
         }
 
     def save(self, wer: float | None) -> None:
+        """A checkpoint of this step. With an EMA, its model/ holds the average and its
+        trainer state the weights being trained (the state's tensors share their storage)."""
+        with swapped(self.ema):
+            self._save(wer)
+
+    def _save(self, wer: float | None) -> None:
         # Collectives first: every rank takes part in gathering the whole state.
         trainer_state = self.trainer_state()
         weights = distributed.model_state(self.model)
@@ -425,6 +436,11 @@ class Run:
             return False
         distributed.load_model_state(self.model, ckpt.checkpoint_state(latest))
         saved = ckpt.load_trainer_state(latest)
+        if self.ema:  # model/ held the average: the trained weights come back
+            if "ema" in saved:
+                self.ema.load_state_dict(saved["ema"])
+            else:
+                self.ema.reset()
         distributed.load_optimizer_state(self.model, self.optimizer, saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
