@@ -118,3 +118,16 @@ def test_accuracy_quick_prints_plain_and_kidwhisper_on_the_same_folds(tmp_path: 
     assert json.loads((tmp_path / "a.json").read_text())["rows"][0]["side"] == sides[0]
     # Both sides were scored on the same held-out speakers of each fold.
     assert (tmp_path / "folds" / "fold_2" / "heldout.jsonl").is_file()
+
+
+@pytest.mark.integration
+@needs_shared
+def test_beam_search_prints_greedy_and_beams(tmp_path: Path, capsys):
+    bench = _load("beam_search")
+    rows = bench.main(["--limit", "3", "--beams", "1", "2", "--json", str(tmp_path / "b.json")])
+    table = capsys.readouterr().out
+    assert [r["beam"] for r in rows] == [1, 2]
+    assert rows[0]["vs_greedy"] == 1.0 and rows[0]["changed"] == 0
+    assert all(r["seconds"] > 0 and 0 <= r["wer"] <= 1 and 0 <= r["changed"] <= 3 for r in rows)
+    assert re.search(r"\| bundled:tiny\.en \| full \| 2 \| \d+\.\d\d% \|", table), table
+    assert json.loads((tmp_path / "b.json").read_text()) == {"rows": rows}

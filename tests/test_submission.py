@@ -253,6 +253,9 @@ def test_zip_layout(submission_zip):
         "max_tokens_per_second": 6.0,
         "repetition_limit": 4,
         "suppress_blank": True,
+        "beam_size": 1,
+        "length_penalty": None,
+        "patience": 1.0,
     }
 
 

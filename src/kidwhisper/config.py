@@ -169,6 +169,10 @@ class EvaluationConfig:
     # Decoding guards (see inference/decoding.py); null turns one off.
     max_tokens_per_second: float | None = field(default=6.0, metadata={"min": 0.5})
     repetition_limit: int | None = field(default=4, metadata={"min": 2})
+    # Beam search (1: greedy) and Whisper's length penalty for ranking its finished beams:
+    # null divides the log-probability by the length, a number a by ((5 + length) / 6) ** a.
+    beam_size: int = field(default=1, metadata=_min(1))
+    length_penalty: float | None = field(default=None, metadata={"min": 0})
     before_training: bool = True  # also score the starting model (zero-shot WER)
 
 

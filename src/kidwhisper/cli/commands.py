@@ -52,6 +52,11 @@ def cmd_cv(args: argparse.Namespace) -> int:
     return 0
 
 
+def _beam(args: argparse.Namespace) -> dict:
+    """The beam-search settings of a decoding command, as `evaluation:` keys."""
+    return {"beam_size": args.beam_size, "length_penalty": args.length_penalty}
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from kidwhisper.data.dataset import read_manifest
     from kidwhisper.device import pick_device
@@ -66,7 +71,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     wm = load_model(args.model, args.variant, args.audio_context)
     wm.model.to(pick_device(args.device))
     guards = {} if args.guards else {"max_tokens_per_second": None, "repetition_limit": None}
-    ev = EvaluationConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, **guards)
+    ev = EvaluationConfig(
+        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, **guards, **_beam(args)
+    )
     result = evaluate(wm, utterances, ev.batch_size, decoding_options(ev))
     save_predictions(result, out)
     print(f"WER {percent(result.wer)} on {len(utterances)} utterances ({result.seconds:.1f} s)")
@@ -98,7 +105,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         wm = load_model(args.model, audio_context=args.audio_context)
         wm.model.to(pick_device(args.device))
         guards = {} if args.guards else {"max_tokens_per_second": None, "repetition_limit": None}
-        ev = EvaluationConfig(max_new_tokens=args.max_new_tokens, **guards)
+        ev = EvaluationConfig(max_new_tokens=args.max_new_tokens, **guards, **_beam(args))
         result = transcribe_to_file(
             wm,
             args.paths,
@@ -268,10 +275,12 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def cmd_package_submission(args: argparse.Namespace) -> int:
+    from kidwhisper.inference.evaluation import decoding_options
     from kidwhisper.submission.package import package_submission
 
+    options = decoding_options(EvaluationConfig(**_beam(args)))
     report = package_submission(
-        args.model, args.out, args.audio_context, args.batch_size, variant=args.variant
+        args.model, args.out, args.audio_context, args.batch_size, options, args.variant
     )
     print("\n".join(report.summary_lines()))
     return 0

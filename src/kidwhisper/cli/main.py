@@ -52,6 +52,30 @@ def _audio_context_arg(p: argparse.ArgumentParser, guards: bool = False) -> None
         p.add_argument("--no-guards", dest="guards", action="store_false", help=no_guards)
 
 
+def _at_least_one(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def _beam_args(p: argparse.ArgumentParser) -> None:
+    """--beam-size and --length-penalty for commands that decode (evaluation.* defaults)."""
+    p.add_argument(
+        "--beam-size",
+        type=_at_least_one,
+        default=EvaluationConfig.beam_size,
+        help="beam search with this many beams (default: 1, greedy decoding)",
+    )
+    p.add_argument(
+        "--length-penalty",
+        type=float,
+        default=EvaluationConfig.length_penalty,
+        help="rank finished beams by log-probability / ((5 + length) / 6) ** this "
+        "(default: / length, as Whisper)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line: one `_add_*` function per group of subcommands."""
     parser = argparse.ArgumentParser(prog="kidwhisper", description=__doc__.splitlines()[0])
@@ -99,7 +123,7 @@ def _add_training(sub) -> None:
 
 def _add_decoding(sub) -> None:
     """evaluate, transcribe and score: decoding and the competition WER."""
-    p = sub.add_parser("evaluate", help="greedy-decode a manifest and print the competition WER")
+    p = sub.add_parser("evaluate", help="decode a manifest and print the competition WER")
     p.add_argument("model", help="transformers folder, bundled:tiny.en, bundled:base or Hub id")
     p.add_argument("--data", required=True, help="competition-format jsonl with references")
     p.add_argument("--variant", help="model variant (read from the weights when unset)")
@@ -107,6 +131,7 @@ def _add_decoding(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=EvaluationConfig.max_new_tokens)
     p.add_argument("--limit", type=int, help="only the first N utterances")
     _audio_context_arg(p, guards=True)
+    _beam_args(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="predictions jsonl (default: <data>.predictions.jsonl here)")
     p.set_defaults(func=cmd_evaluate)
@@ -126,6 +151,7 @@ def _add_decoding(sub) -> None:
         help="token limit per 30 s window (Whisper's own default is 224)",
     )
     _audio_context_arg(p, guards=True)
+    _beam_args(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--num-workers", type=int, default=0, help="audio loading processes")
     p.set_defaults(func=cmd_transcribe)
@@ -276,6 +302,7 @@ def _add_submission(sub) -> None:
         help="clips per batch in the runtime (default: evaluate's, which gives evaluate's WER)",
     )
     p.add_argument("--variant", help="model variant (read from the weights when unset)")
+    _beam_args(p)
     p.set_defaults(func=cmd_package_submission)
 
     p = sub.add_parser(

@@ -1,4 +1,4 @@
-"""Batched transcription: clips sorted by length, short encoder input, greedy decoding.
+"""Batched transcription: clips sorted by length, short encoder input, greedy or beam decoding.
 
 This is the part of evaluation that needs no references and no metric, so that a packaged
 submission can ship it alone. Clips are decoded longest first: batches then hold clips of
@@ -18,7 +18,7 @@ from tqdm import tqdm
 from kidwhisper.data.audio import CHUNK_SECONDS
 from kidwhisper.data.dataset import SpeechDataset, Utterance, WhisperCollator, clip_seconds
 from kidwhisper.device import release_memory
-from kidwhisper.inference.decoding import DecodingOptions, greedy_decode
+from kidwhisper.inference.decoding import DecodingOptions, decode
 
 if TYPE_CHECKING:
     from kidwhisper.models.factory import WhisperModel
@@ -40,8 +40,8 @@ def transcribe(
     num_workers: int = 0,
     progress: bool = True,
 ) -> tuple[dict[str, str], list[tuple[str, str]]]:
-    """Greedy transcripts keyed by utterance id, plus the (id, error) of clips that could not
-    be read or decoded."""
+    """Transcripts (greedy, or beam search as `options` say) keyed by utterance id, plus
+    the (id, error) of clips that could not be read or decoded."""
     dataset = SpeechDataset(by_length(utterances), wm.n_mels, context=wm.audio_context)
     loader = DataLoader(
         dataset,
@@ -84,7 +84,7 @@ def _decode_batch(
     one bad clip costs only itself: it gets an empty transcript and an entry in `errors`."""
     ids, features, durations = batch["utterance_ids"], batch["input_features"], batch["durations"]
     try:
-        tokens = greedy_decode(wm.model, features, wm.special, options, durations)
+        tokens = decode(wm.model, features, wm.special, options, durations)
     except (RuntimeError, torch.OutOfMemoryError) as err:
         log.warning("decoding a batch of %d failed (%s); retrying clip by clip", len(ids), err)
         release_memory()
@@ -92,7 +92,7 @@ def _decode_batch(
         for i, uid in enumerate(ids):
             clip = features[i : i + 1]
             try:
-                one = greedy_decode(wm.model, clip, wm.special, options, [durations[i]])
+                one = decode(wm.model, clip, wm.special, options, [durations[i]])
             except (RuntimeError, torch.OutOfMemoryError) as clip_err:
                 log.warning("cannot decode %s: %s", uid, clip_err)
                 errors.append((uid, f"decoding failed: {clip_err}"))

@@ -1,4 +1,4 @@
-"""Evaluation recipe: transcribe a manifest with greedy decoding and score it.
+"""Evaluation recipe: transcribe a manifest (greedy or beam search) and score it.
 
 Nothing is skipped silently: a clip that cannot be read gets an empty prediction (so its
 reference words count as deletions) and is listed in the result's `errors`.
@@ -47,7 +47,13 @@ class EvalResult:
 
 def decoding_options(ev: EvaluationConfig) -> DecodingOptions:
     """The decoding settings of an `evaluation:` config section."""
-    return DecodingOptions(ev.max_new_tokens, ev.max_tokens_per_second, ev.repetition_limit)
+    return DecodingOptions(
+        ev.max_new_tokens,
+        ev.max_tokens_per_second,
+        ev.repetition_limit,
+        beam_size=ev.beam_size,
+        length_penalty=ev.length_penalty,
+    )
 
 
 def evaluate(

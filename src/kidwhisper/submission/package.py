@@ -3,7 +3,8 @@
 The archive is what the competition runtime unzips into `src/` and runs:
 
     main.py                    the entry point (main_template.py of this package)
-    kidwhisper_settings.json   batch size, decoding options, language and task
+    kidwhisper_settings.json   batch size, decoding options (beam size, length penalty...),
+                               language and task
     kidwhisper/                only the modules inference needs (kidwhisper is not installed
                                there); `kidwhisper/__init__.py` and `models/__init__.py` are stubs
     model/                     safetensors, config.json (with the audio context), tokenizer,
