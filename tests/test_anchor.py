@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from kidwhisper.data.dataset import SpeechDataset, WhisperCollator, read_manifest
+from kidwhisper.data.sampling import batch_stream
 from kidwhisper.training.anchor import KLAnchor
-from kidwhisper.training.run import Run, batch_stream, summed_loss
+from kidwhisper.training.run import Run, summed_loss
 
 from .test_training import _config
 

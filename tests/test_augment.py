@@ -24,8 +24,7 @@ from kidwhisper.data.augment import (
 )
 from kidwhisper.data.dataset import SpeechDataset, WhisperCollator, read_manifest
 from kidwhisper.data.problems import DataProblems
-from kidwhisper.data.sampling import ResumableBatchSampler
-from kidwhisper.training.run import batch_stream
+from kidwhisper.data.sampling import ResumableBatchSampler, batch_stream
 
 from .conftest import QUICKSTART, REPO
 

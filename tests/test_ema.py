@@ -11,9 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from kidwhisper.config import ConfigError, TrainingConfig, load_config
+from kidwhisper.data.sampling import batch_stream
 from kidwhisper.training.ema import EMA, build_ema
 from kidwhisper.training.experiments import write_final_model
-from kidwhisper.training.run import Run, batch_stream
+from kidwhisper.training.run import Run
 
 from .conftest import QUICKSTART
 

@@ -15,11 +15,12 @@ from transformers import WhisperForConditionalGeneration
 from kidwhisper.cli.main import main
 from kidwhisper.config import ConfigError, load_config
 from kidwhisper.data.dataset import SpeechDataset, WhisperCollator, read_manifest
+from kidwhisper.data.sampling import batch_stream
 from kidwhisper.models import adapters as lora_module
 from kidwhisper.models.averaging import average_checkpoints
 from kidwhisper.models.factory import WhisperModel, load_model
 from kidwhisper.training.checkpoint import checkpoint_state
-from kidwhisper.training.run import Run, batch_stream
+from kidwhisper.training.run import Run
 from kidwhisper.training.schedule import build_optimizer
 
 from .conftest import QUICKSTART, REPO, check_model_card

@@ -19,12 +19,13 @@ import torch
 
 from kidwhisper.config import load_config
 from kidwhisper.data.dataset import split_batch
+from kidwhisper.data.sampling import batch_stream
 from kidwhisper.training import checkpoint as ckpt
 from kidwhisper.training import faults
 from kidwhisper.training import run as trainer
 from kidwhisper.training.faults import TrainingError
 from kidwhisper.training.loop import train
-from kidwhisper.training.run import Run, batch_stream
+from kidwhisper.training.run import Run
 
 from ..conftest import REPO
 

@@ -124,7 +124,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from kidwhisper.inference.analysis import analyse_files, id_list, summary_lines, write_report
+    from kidwhisper.inference.analysis import analyse_files, id_list
+    from kidwhisper.inference.report import summary_lines, write_report
 
     result = analyse_files(args.predictions, args.reference)
     print("\n".join(summary_lines(result, args.top)))

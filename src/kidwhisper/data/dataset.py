@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 from transformers import WhisperTokenizerFast
 
-from kidwhisper.config import FULL
+from kidwhisper.config import FULL, resolve_path
 from kidwhisper.data.audio import (
     MISSING,
     SAMPLE_RATE,
@@ -370,3 +370,15 @@ def split_batch(batch: dict, parts: int) -> list[dict]:
                 piece[key] = value if start == 0 else []  # per-batch lists (errors) once
         pieces.append(piece)
     return pieces
+
+
+def load_utterances(
+    paths: list[str], limit: int | None, problems: DataProblems | None = None
+) -> list[Utterance]:
+    """The manifests' entries in order, each marked with the index of its manifest."""
+    utterances = [
+        replace(u, source=i) if i else u
+        for i, p in enumerate(paths)
+        for u in read_manifest(resolve_path(p), problems=problems)
+    ]
+    return utterances[:limit] if limit else utterances

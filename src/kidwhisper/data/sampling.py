@@ -15,10 +15,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 from kidwhisper.config import ConfigError, TrainingConfig
 from kidwhisper.data.dataset import Utterance, clip_seconds
+from kidwhisper.data.problems import DataProblems
 
 
 class ResumableBatchSampler(Sampler[list[int]]):
@@ -157,3 +158,22 @@ def make_sampler(
     return DurationBatchSampler(
         durations, tc.batch_size, tc.batch_seconds, tc.seed, rank, world_size, weights
     )
+
+
+def batch_stream(
+    loader: DataLoader, sampler: ResumableBatchSampler, position: list[int], problems: DataProblems
+) -> Iterator[dict]:
+    """Endless batches from `position` = [epoch, batches used], which it keeps current.
+    Clips that cannot be used go to `problems` (once each); a batch with none left is
+    skipped. The dataset learns the epoch too (its augmentation draws for it)."""
+    while True:
+        sampler.set_position(*position)
+        if hasattr(loader.dataset, "set_epoch"):
+            loader.dataset.set_epoch(position[0])
+        for batch in loader:
+            position[1] += 1
+            for (uid, error), reason in zip(batch["errors"], batch["error_reasons"], strict=True):
+                problems.add(uid, reason, error)
+            if "input_features" in batch:
+                yield batch
+        position[0], position[1] = position[0] + 1, 0

@@ -23,6 +23,7 @@ import random
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,29 @@ log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.pt"
 LATEST = "latest"
 PREFIX = "step_"
+
+
+@dataclass
+class TrainState:
+    """What a run has done so far: saved in every checkpoint, becomes metrics.json."""
+
+    step: int = 0
+    samples: int = 0
+    loss_curve: list[dict] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # entry -> [reason, message]
+    bad_steps: int = 0  # skipped for a NaN/inf loss or gradient
+    sampler: list[list[int]] = field(default_factory=list)  # per rank: [epoch, batches used]
+    best_wer: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    train_utterances: int = 0
+    train_seconds: float = 0.0
+    audio_seconds: float = 0.0  # of training audio consumed (throughput = this / train time)
+    peak_memory_mb: float = 0.0
+    stopped_early: bool = False
+    trainable_params: int = 0  # adapters only with LoRA; a frozen part's weights not at all
+    total_params: int = 0
 
 
 def code_version() -> str:

@@ -202,10 +202,10 @@ def write_final_model(experiment: Experiment) -> list[Path]:
 def evaluate_average(config: Config, experiment: Experiment, sources: list, device) -> dict:
     """Score the averaged final model on data.eval (and the guard set) as the run's own
     evaluations are scored; its predictions go to predictions_average.jsonl."""
+    from kidwhisper.data.dataset import load_utterances
     from kidwhisper.inference.evaluation import decoding_options, evaluate, save_predictions
     from kidwhisper.models.factory import load_model
     from kidwhisper.training.checkpoint import checkpoint_step
-    from kidwhisper.training.run import load_utterances
 
     wm = load_model(str(experiment.model_dir))
     wm.model.to(device)

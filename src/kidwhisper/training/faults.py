@@ -107,7 +107,7 @@ def oom_message(step: int, micro_batch: int, peak_mb: float, device: torch.devic
 
 
 class BadSteps:
-    """Tracks skipped non-finite steps in a row (the run's total is TrainState.bad_steps);
+    """Tracks skipped non-finite steps in a row (the run total: TrainState.bad_steps);
     raises after `limit`."""
 
     def __init__(self, limit: int) -> None:

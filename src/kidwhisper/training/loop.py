@@ -15,10 +15,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from kidwhisper.config import Config
+from kidwhisper.data.sampling import batch_stream
 from kidwhisper.device import peak_memory_mb
 from kidwhisper.models.factory import WhisperModel
 from kidwhisper.training import distributed, faults
-from kidwhisper.training.run import Run, TrainState, batch_stream
+from kidwhisper.training.checkpoint import TrainState
+from kidwhisper.training.run import Run
 
 log = logging.getLogger(__name__)
 

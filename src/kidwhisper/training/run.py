@@ -15,21 +15,21 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from kidwhisper.config import Config, dump_config, resolve_path
+from kidwhisper.config import Config, dump_config
 from kidwhisper.data.augment import build_augmenter
 from kidwhisper.data.dataset import (
     IGNORE_INDEX,
     SpeechDataset,
     Utterance,
     WhisperCollator,
-    read_manifest,
+    load_utterances,
     screen,
     split_batch,
 )
@@ -61,61 +61,7 @@ from kidwhisper.training.schedule import build_optimizer, lr_lambda
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class TrainState:
-    """What a run has done so far: saved in every checkpoint, becomes metrics.json."""
-
-    step: int = 0
-    samples: int = 0
-    loss_curve: list[dict] = field(default_factory=list)
-    evals: list[dict] = field(default_factory=list)
-    skipped: dict[str, list[str]] = field(default_factory=dict)  # entry -> [reason, message]
-    bad_steps: int = 0  # skipped for a NaN/inf loss or gradient
-    sampler: list[list[int]] = field(default_factory=list)  # per rank: [epoch, batches used]
-    best_wer: float | None = None
-    best_step: int | None = None
-    evals_without_improvement: int = 0
-    train_utterances: int = 0
-    train_seconds: float = 0.0
-    audio_seconds: float = 0.0  # of training audio consumed (throughput = this / train time)
-    peak_memory_mb: float = 0.0
-    stopped_early: bool = False
-    trainable_params: int = 0  # adapters only with LoRA; a frozen part's weights not at all
-    total_params: int = 0
-
-
-# --- setup helpers -------------------------------------------------------------------------
-
-
-def load_utterances(
-    paths: list[str], limit: int | None, problems: DataProblems | None = None
-) -> list[Utterance]:
-    """The manifests' entries in order, each marked with the index of its manifest."""
-    utterances = [
-        replace(u, source=i) if i else u
-        for i, p in enumerate(paths)
-        for u in read_manifest(resolve_path(p), problems=problems)
-    ]
-    return utterances[:limit] if limit else utterances
-
-
-def batch_stream(
-    loader: DataLoader, sampler: ResumableBatchSampler, position: list[int], problems: DataProblems
-) -> Iterator[dict]:
-    """Endless batches from `position` = [epoch, batches used], which it keeps current.
-    Clips that cannot be used go to `problems` (once each); a batch with none left is
-    skipped. The dataset learns the epoch too (its augmentation draws for it)."""
-    while True:
-        sampler.set_position(*position)
-        if hasattr(loader.dataset, "set_epoch"):
-            loader.dataset.set_epoch(position[0])
-        for batch in loader:
-            position[1] += 1
-            for (uid, error), reason in zip(batch["errors"], batch["error_reasons"], strict=True):
-                problems.add(uid, reason, error)
-            if "input_features" in batch:
-                yield batch
-        position[0], position[1] = position[0] + 1, 0
+# --- the objective -----------------------------------------------------------------------
 
 
 def summed_loss(
@@ -175,7 +121,7 @@ class Run:
             faults.check_writable(
                 Path(self.config.output.experiments_dir), "output.experiments_dir"
             )
-        self.state = TrainState()
+        self.state = ckpt.TrainState()
         self.problems = DataProblems(self.config.data.bad_entries, self.state.skipped)
 
     def _setup_data(self) -> list[Utterance]:
@@ -444,7 +390,7 @@ class Run:
         distributed.load_optimizer_state(self.model, self.optimizer, saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
-        self.state = TrainState(**saved["state"])
+        self.state = ckpt.TrainState(**saved["state"])
         self.state.trainable_params, self.state.total_params = self.param_counts
         self.problems.merge(self.state.skipped)  # found again this time, or only then
         self.state.skipped = self.problems.entries
