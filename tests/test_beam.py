@@ -237,3 +237,21 @@ def test_packaged_submission_decodes_with_its_beams(tmp_path, capsys):
     report = run_submission(out, SHARED / "pasketti-demo", workdir=tmp_path / "run")
     assert report.valid and report.utterances == 3, report.summary_lines()
     assert "beam_size=2" in report.log.read_text()
+
+
+def test_decoding_commands_default_to_the_model_folders_own_beams(tmp_path: Path):
+    """A model trained with evaluation.beam_size (kids_recommended: 5) is decoded, packaged
+    and transcribed with it unless a flag says otherwise; other models decode greedily."""
+    from argparse import Namespace
+
+    from kidwhisper.cli.commands import _beam
+
+    folder = tmp_path / "final"
+    folder.mkdir()
+    (folder / "kidwhisper.yaml").write_text("evaluation:\n  beam_size: 5\n  length_penalty: 0.4\n")
+    flags = {"beam_size": None, "length_penalty": None}
+    assert _beam(Namespace(model=str(folder), **flags)) == {"beam_size": 5, "length_penalty": 0.4}
+    chosen = Namespace(model=str(folder), beam_size=2, length_penalty=None)
+    assert _beam(chosen) == {"beam_size": 2, "length_penalty": 0.4}
+    bundled = Namespace(model="bundled:tiny.en", **flags)
+    assert _beam(bundled) == {"beam_size": 1, "length_penalty": None}

@@ -53,8 +53,15 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 
 def _beam(args: argparse.Namespace) -> dict:
-    """The beam-search settings of a decoding command, as `evaluation:` keys."""
-    return {"beam_size": args.beam_size, "length_penalty": args.length_penalty}
+    """The beam-search settings of a decoding command, as `evaluation:` keys: the flags,
+    else what the model folder's own config (kidwhisper.yaml) says, else the schema's."""
+    from kidwhisper.models.card import read_config
+
+    saved = (read_config(args.model) or {}).get("evaluation") or {}
+    return {
+        key: value if value is not None else saved.get(key, getattr(EvaluationConfig, key))
+        for key, value in (("beam_size", args.beam_size), ("length_penalty", args.length_penalty))
+    }
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -64,15 +64,16 @@ def _beam_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--beam-size",
         type=_at_least_one,
-        default=EvaluationConfig.beam_size,
-        help="beam search with this many beams (default: 1, greedy decoding)",
+        default=None,
+        help="beam search with this many beams (default: the model's own config's "
+        f"evaluation.beam_size, else {EvaluationConfig.beam_size}: greedy decoding)",
     )
     p.add_argument(
         "--length-penalty",
         type=float,
-        default=EvaluationConfig.length_penalty,
+        default=None,
         help="rank finished beams by log-probability / ((5 + length) / 6) ** this "
-        "(default: / length, as Whisper)",
+        "(default: the model's config, else / length, as Whisper)",
     )
 
 
