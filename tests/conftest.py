@@ -7,8 +7,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from kidwhisper.config import resolve_path
+from kidwhisper.data.sampling import batch_stream
+from kidwhisper.training.run import Run
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -67,3 +70,17 @@ def check_model_card(folder: Path):
         _, results = model_index_to_eval_results(index)
         assert results and all(r.metric_type == "wer" for r in results)
     return card
+
+
+def state_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of every tensor in `model`'s state dict."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def train_steps(run: Run, n: int, batches=None):
+    """`n` optimiser steps of `run` (each must succeed); returns the batch stream to go on."""
+    batches = batches or batch_stream(run.loader, run.sampler, run.position, run.problems)
+    run.model.train()
+    for _ in range(n):
+        assert run.train_step(batches)[2]
+    return batches

@@ -11,12 +11,11 @@ import torch
 from safetensors.torch import load_file
 
 from kidwhisper.config import ConfigError, TrainingConfig, load_config
-from kidwhisper.data.sampling import batch_stream
 from kidwhisper.training.ema import EMA, build_ema
 from kidwhisper.training.experiments import write_final_model
 from kidwhisper.training.run import Run
 
-from .conftest import QUICKSTART
+from .conftest import QUICKSTART, state_copy, train_steps
 
 
 def test_the_average_follows_the_warmed_up_decay():
@@ -96,28 +95,16 @@ def _config(root: Path, *extra: str):
     )  # fmt: skip
 
 
-def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _steps(run: Run, n: int, batches=None):
-    batches = batches or batch_stream(run.loader, run.sampler, run.position, run.problems)
-    run.model.train()
-    for _ in range(n):
-        assert run.train_step(batches)[2]
-    return batches
-
-
 def _three_steps_saving_after_two(config) -> dict:
     run = Run(config)
-    batches = _steps(run, 2)
+    batches = train_steps(run, 2)
     run.save(None)
-    saved = {"trained": _state(run.model)}
+    saved = {"trained": state_copy(run.model)}
     if run.ema:
         with run.ema.swapped():
-            saved["average"] = _state(run.model)
-    _steps(run, 1, batches)
-    return {"run": run, "saved": saved, "final": _state(run.model)}
+            saved["average"] = state_copy(run.model)
+    train_steps(run, 1, batches)
+    return {"run": run, "saved": saved, "final": state_copy(run.model)}
 
 
 @pytest.fixture(scope="module")
@@ -153,9 +140,11 @@ def test_checkpoints_hold_the_average_and_resume_continues_exactly(runs):
     assert any(not torch.equal(average[k], ema["saved"]["trained"][k]) for k in weights)
     resumed = Run(ema["run"].config)
     assert resumed.resume() and resumed.state.step == 2 and resumed.ema.updates == 2
-    assert all(torch.equal(v, ema["saved"]["trained"][k]) for k, v in _state(resumed.model).items())
-    _steps(resumed, 1)
-    assert all(torch.equal(v, ema["final"][k]) for k, v in _state(resumed.model).items())
+    assert all(
+        torch.equal(v, ema["saved"]["trained"][k]) for k, v in state_copy(resumed.model).items()
+    )
+    train_steps(resumed, 1)
+    assert all(torch.equal(v, ema["final"][k]) for k, v in state_copy(resumed.model).items())
     for key, value in ema["run"].ema.shadow.items():
         assert torch.equal(resumed.ema.shadow[key], value), key
 

@@ -15,7 +15,6 @@ from transformers import WhisperForConditionalGeneration
 from kidwhisper.cli.main import main
 from kidwhisper.config import ConfigError, load_config
 from kidwhisper.data.dataset import SpeechDataset, WhisperCollator, read_manifest
-from kidwhisper.data.sampling import batch_stream
 from kidwhisper.models import adapters as lora_module
 from kidwhisper.models.averaging import average_checkpoints
 from kidwhisper.models.factory import WhisperModel, load_model
@@ -23,7 +22,7 @@ from kidwhisper.training.checkpoint import checkpoint_state
 from kidwhisper.training.run import Run
 from kidwhisper.training.schedule import build_optimizer
 
-from .conftest import QUICKSTART, REPO, check_model_card
+from .conftest import QUICKSTART, REPO, check_model_card, state_copy, train_steps
 
 ALL_LINEAR = "[q_proj,k_proj,v_proj,out_proj,fc1,fc2]"
 
@@ -41,18 +40,6 @@ def _overrides(root: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _steps(run: Run, n: int, batches=None):
-    batches = batches or batch_stream(run.loader, run.sampler, run.position, run.problems)
-    run.model.train()
-    for _ in range(n):
-        assert run.train_step(batches)[2]
-    return batches
-
-
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
     """Three LoRA steps (rank 4 on q, v and fc1, dropout on) with a checkpoint after two."""
@@ -61,11 +48,11 @@ def lora_run(tmp_path_factory):
         None, _overrides(root, "model.lora.rank=4", "model.lora.target_modules=[q_proj,v_proj,fc1]")
     )
     run = Run(config)
-    start = _state(run.model)
-    batches = _steps(run, 2)
+    start = state_copy(run.model)
+    batches = train_steps(run, 2)
     run.save(None)
-    at_save = _state(run.model)
-    _steps(run, 1, batches)
+    at_save = state_copy(run.model)
+    train_steps(run, 1, batches)
     return {
         "config": config,
         "run": run,
@@ -107,7 +94,7 @@ def _logits(model: torch.nn.Module, batch: dict) -> torch.Tensor:
 
 
 def test_lora_trains_only_the_adapters(lora_run):
-    start, end, run = lora_run["start"], _state(lora_run["run"].model), lora_run["run"]
+    start, end, run = lora_run["start"], state_copy(lora_run["run"].model), lora_run["run"]
     adapters = [k for k in start if lora_module.is_adapter_key(k)]
     # 4 encoder layers x (q, v, fc1) + 4 decoder layers x (q, v twice, fc1), A and B each
     assert len(adapters) == 2 * (4 * 3 + 4 * 5)
@@ -210,9 +197,9 @@ def test_resume_from_a_lora_checkpoint_continues_exactly(lora_run):
     run = Run(lora_run["config"])
     assert run.resume() and run.state.step == 2
     assert run.state.trainable_params == lora_run["run"].state.trainable_params
-    _steps(run, 1)
-    after = _state(run.model)
-    expected = _state(lora_run["run"].model)  # the uninterrupted run's third step
+    train_steps(run, 1)
+    after = state_copy(run.model)
+    expected = state_copy(lora_run["run"].model)  # the uninterrupted run's third step
     assert after.keys() == expected.keys()
     assert all(torch.equal(after[k], expected[k]) for k in expected)
 
@@ -221,9 +208,9 @@ def test_resume_from_a_lora_checkpoint_continues_exactly(lora_run):
 def test_a_frozen_part_stays_bit_identical_while_the_other_trains(part, tmp_path):
     other = "decoder" if part == "encoder" else "encoder"
     run = Run(load_config(None, _overrides(tmp_path, f"training.freeze={part}")))
-    start = _state(run.model)
-    _steps(run, 1)  # AdamW's first step moves every weight that has a gradient
-    end = _state(run.model)
+    start = state_copy(run.model)
+    train_steps(run, 1)  # AdamW's first step moves every weight that has a gradient
+    end = state_copy(run.model)
     trainable = {n for n, p in run.model.named_parameters() if p.requires_grad}
     for key in start:
         if key.startswith(f"model.{part}.") or (part == "decoder" and key == "proj_out.weight"):
