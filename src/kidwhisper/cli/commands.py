@@ -52,6 +52,18 @@ def cmd_cv(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cv_compare(args: argparse.Namespace) -> int:
+    """`kidwhisper cv-compare BASELINE CANDIDATE` (training/cv_compare.py)."""
+    from kidwhisper.files import atomic_write_text
+    from kidwhisper.training.cv_compare import compare_cv, markdown
+
+    table = markdown(compare_cv(args.experiments_dir, args.baseline, args.candidate))
+    print(table, end="")
+    if args.out:
+        atomic_write_text(args.out, table)
+    return 0
+
+
 def _beam(args: argparse.Namespace) -> dict:
     """The beam-search settings of a decoding command, as `evaluation:` keys: the flags,
     else what the model folder's own config (kidwhisper.yaml) says, else the schema's."""

@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from kidwhisper.cli.commands import (
     cmd_archive,
     cmd_average,
     cmd_compare,
     cmd_cv,
+    cmd_cv_compare,
     cmd_estimate,
     cmd_evaluate,
     cmd_export_ct2,
@@ -120,6 +122,13 @@ def _add_training(sub) -> None:
     )  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="run finished folds again")
     p.set_defaults(func=cmd_cv)
+
+    p = sub.add_parser("cv-compare", help="two cross-validations fold by fold, with a verdict")
+    p.add_argument("baseline", help="a cv name (cv-recommended) or its folder")
+    p.add_argument("candidate", help="the cv to judge against it, run on the same folds")
+    p.add_argument("--experiments-dir", type=Path, default=Path("experiments"))
+    p.add_argument("--out", type=Path, help="also write the table (markdown) here")
+    p.set_defaults(func=cmd_cv_compare)
 
 
 def _add_decoding(sub) -> None:

@@ -1,0 +1,139 @@
+"""Two cross-validations side by side, fold by fold: `kidwhisper cv-compare BASE CANDIDATE`.
+
+Folds are paired: fold i of both runs holds out the same speakers (checked on their
+folds.json), so the difference fold by fold is the lever's effect on those children, free
+of how hard they are. The verdict follows the project's rule of evidence (issue 18): a
+candidate is better when its mean WER over the folds is below the baseline's by more than
+the folds' standard deviation of the difference, and the 5-7 bucket is not worse on
+average; worse when it is above by more than that spread; otherwise within the spread.
+Unfinished folds are left out (a run stopped early is compared on the folds both have).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from kidwhisper.inference.folds import SUMMARY
+from kidwhisper.training.cv import CVError, fold_result, stats
+
+YOUNGEST = "5-7"  # the bucket a lever must not make worse
+_FOLD = re.compile(r"-cv-fold(\d+)$")
+
+
+def cv_name(name: str) -> str:
+    """`cv-recommended`, `cv-recommended-cv` or `experiments/cv-recommended-cv/` -> the name
+    the fold experiments start with (`cv-recommended`)."""
+    base = Path(name.rstrip("/")).name
+    return base[: -len("-cv")] if base.endswith("-cv") else base
+
+
+def finished_folds(experiments_dir: Path, name: str) -> dict[int, dict]:
+    """Fold number -> its final model's figures, for every finished fold of `name`."""
+    folds = {}
+    for path in sorted(experiments_dir.glob(f"{name}-cv-fold*/metrics.json")):
+        match = _FOLD.search(path.parent.name)
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+        if match and metrics.get("finished"):
+            folds[int(match.group(1))] = fold_result(metrics)
+    return folds
+
+
+def _held_out(experiments_dir: Path, name: str) -> dict | None:
+    path = experiments_dir / f"{name}-cv" / "folds" / SUMMARY
+    return json.loads(path.read_text(encoding="utf-8")).get("speakers") if path.is_file() else None
+
+
+def _difference(base: dict[int, dict], cand: dict[int, dict], bucket: str | None) -> dict:
+    """Per-fold candidate - baseline WER (overall, or one bucket), with its stats."""
+
+    def wer(fold: dict) -> float | None:
+        return fold["wer"] if bucket is None else fold["wer_by_age"].get(bucket)
+
+    pairs = {}
+    for i in sorted(base.keys() & cand.keys()):
+        a, b = wer(base[i]), wer(cand[i])
+        if a is not None and b is not None:
+            pairs[i] = (a, b)
+    if not pairs:
+        return {"folds": {}, "baseline": None, "candidate": None, "difference": None}
+    return {
+        "folds": {i: b - a for i, (a, b) in pairs.items()},
+        "baseline": stats([a for a, _ in pairs.values()]),
+        "candidate": stats([b for _, b in pairs.values()]),
+        "difference": stats([b - a for a, b in pairs.values()]),
+    }
+
+
+def verdict(overall: dict, youngest: dict | None) -> str:
+    """`better`, `worse`, `within the folds' spread` or `too few folds` (under 2)."""
+    diff = overall["difference"]
+    if diff is None or diff["n"] < 2:
+        return "too few folds"
+    young_worse = youngest is not None and youngest["difference"] is not None and (
+        youngest["difference"]["mean"] > 0
+    )  # fmt: skip
+    if -diff["mean"] > diff["std"] and not young_worse:
+        return "better"
+    if diff["mean"] > diff["std"]:
+        return "worse"
+    return "within the folds' spread"
+
+
+def compare_cv(experiments_dir: Path, baseline: str, candidate: str) -> dict:
+    """The paired comparison of two cross-validations run on the same folds."""
+    base_name, cand_name = cv_name(baseline), cv_name(candidate)
+    a, b = _held_out(experiments_dir, base_name), _held_out(experiments_dir, cand_name)
+    if a is not None and b is not None and a != b:
+        raise CVError(
+            f"{base_name} and {cand_name} were run on different folds (their folds.json differ): "
+            "compare runs made with the same --folds, --seed and pooled data"
+        )
+    base = finished_folds(experiments_dir, base_name)
+    cand = finished_folds(experiments_dir, cand_name)
+    for name, folds in ((base_name, base), (cand_name, cand)):
+        if not folds:
+            raise CVError(f"{experiments_dir}/{name}-cv-fold*: no finished fold to compare")
+    buckets = sorted({k for f in [*base.values(), *cand.values()] for k in f["wer_by_age"]})
+    overall = _difference(base, cand, None)
+    by_age = {bucket: _difference(base, cand, bucket) for bucket in buckets}
+    return {
+        "baseline": base_name,
+        "candidate": cand_name,
+        "folds": sorted(base.keys() & cand.keys()),
+        "overall": overall,
+        "by_age": by_age,
+        "verdict": verdict(overall, by_age.get(YOUNGEST)),
+    }
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:+.2f}"
+
+
+def markdown(result: dict) -> str:
+    """The comparison as a table: means, the difference (points) mean ± std, per fold."""
+    folds = result["folds"]
+    head = " | ".join(f"fold {i}" for i in folds)
+    lines = [
+        f"# {result['candidate']} against {result['baseline']} ({len(folds)} paired folds)",
+        "",
+        "WER mean over the folds; difference = candidate - baseline in WER points, negative "
+        "is better.",
+        "",
+        f"| | {result['baseline']} | {result['candidate']} | difference ± std | {head} |",
+        "|---|---|---|---|" + "---|" * len(folds),
+    ]
+    rows = [("overall", result["overall"])] + [(f"age {b}", d) for b, d in result["by_age"].items()]
+    for label, d in rows:
+        if d["difference"] is None:
+            continue
+        diff = d["difference"]
+        cells = " | ".join(_points(d["folds"][i]) if i in d["folds"] else "n/a" for i in folds)
+        lines.append(
+            f"| {label} | {100 * d['baseline']['mean']:.2f}% | {100 * d['candidate']['mean']:.2f}% "
+            f"| {_points(diff['mean'])} ± {100 * diff['std']:.2f} | {cells} |"
+        )
+    lines += ["", f"Verdict: {result['verdict']}."]
+    return "\n".join(lines) + "\n"
