@@ -123,10 +123,15 @@ class DataCollatorSpeechSeq2SeqWithPadding:
 
 
 def train_plain(
-    args: argparse.Namespace, clips: list[Utterance], out: Path, variant: str = "tiny.en"
+    args: argparse.Namespace,
+    clips: list[Utterance],
+    out: Path,
+    variant: str = "tiny.en",
+    save_epochs: bool = False,
 ) -> dict:
     """The guide's recipe on the bundled `variant` (tiny.en or base); also
-    benchmarks/accuracy.py's plain side."""
+    benchmarks/accuracy.py's plain side. With `save_epochs`, the Trainer checkpoints every
+    epoch (the caller scores each), and a stopped run resumes from its last one."""
     source = bundled_path(variant)
     processor = WhisperProcessor.from_pretrained(source)
     if processor.tokenizer.pad_token is None:  # openai/whisper-* tokenizers pad with EOT
@@ -148,7 +153,7 @@ def train_plain(
         gradient_checkpointing=False,
         fp16=torch.cuda.is_available(),  # the guide's fp16 needs a GPU
         report_to=[],
-        save_strategy="no",
+        save_strategy="epoch" if save_epochs else "no",
         eval_strategy="no",
         logging_steps=10,
         dataloader_num_workers=1,
@@ -165,13 +170,25 @@ def train_plain(
         ),
         processing_class=processor,
     )
+    resume = save_epochs and any(Path(training_args.output_dir).glob("checkpoint-*"))
     start = time.perf_counter()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.perf_counter() - start
     folder = out / "plain-model"
     trainer.save_model(str(folder))
     processor.save_pretrained(str(folder))  # tokenizer + feature extractor
-    return {"steps": trainer.state.global_step, "train_seconds": seconds, "folder": folder}
+    epochs = {}
+    for checkpoint in Path(training_args.output_dir).glob("checkpoint-*") if save_epochs else ():
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        processor.save_pretrained(str(checkpoint))  # so it loads as a model folder
+        epochs[round(state["epoch"])] = checkpoint
+    return {
+        "steps": trainer.state.global_step,
+        "train_seconds": seconds,  # this process's share when it resumed
+        "resumed": resume,
+        "folder": folder,
+        "epochs": dict(sorted(epochs.items())),
+    }
 
 
 # --- kidwhisper ----------------------------------------------------------------------------

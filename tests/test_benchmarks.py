@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -114,10 +115,18 @@ def test_accuracy_quick_prints_plain_and_kidwhisper_on_the_same_folds(tmp_path: 
     ours = figures["rows"][1]
     assert ours["runs"] == 2 and ours["overall"]["n"] == 2  # seeds per fold, folds
     assert all(r["wall_seconds"] > 0 and r["overall"]["mean"] >= 0 for r in figures["rows"])
-    assert "kidwhisper - plain, per fold:" in table
+    assert "kidwhisper - plain, per fold (2 folds):" in table
     assert json.loads((tmp_path / "a.json").read_text())["rows"][0]["side"] == sides[0]
+    assert {f["best"] for f in figures["plain_epochs"].values()} == {1}  # scored per epoch
     # Both sides were scored on the same held-out speakers of each fold.
     assert (tmp_path / "folds" / "fold_2" / "heldout.jsonl").is_file()
+    # A second run on the same --out-dir trains nothing: every fold is read back.
+    for trained in tmp_path.glob("plain-fold*"):
+        shutil.rmtree(trained)
+    again = bench.main(args)
+    assert again["rows"] == figures["rows"] and not list(tmp_path.glob("plain-fold*"))
+    with pytest.raises(SystemExit, match=r"plain-fold1\.json: made with"):
+        bench.main([*args, "--plain-lr", "1e-4"])  # other settings: refused, not mixed
 
 
 @pytest.mark.integration
