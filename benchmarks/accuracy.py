@@ -120,7 +120,7 @@ def run_plain(args: argparse.Namespace, folder: Path, out: Path) -> dict:
     trained = train_throughput.train_plain(recipe, clips, out, args.variant, save_epochs=True)
     scored = {
         epoch: heldout_figures(path, folder / HELDOUT, "full")
-        for epoch, path in trained["epochs"].items()
+        for epoch, path in trained["epoch_checkpoints"].items()
         if epoch in args.plain_eval_epochs
     }
     if not scored:

@@ -187,7 +187,7 @@ def train_plain(
         "train_seconds": seconds,  # this process's share when it resumed
         "resumed": resume,
         "folder": folder,
-        "epochs": dict(sorted(epochs.items())),
+        "epoch_checkpoints": dict(sorted(epochs.items())),
     }
 
 
