@@ -37,6 +37,7 @@ from pathlib import Path
 
 from kidwhisper.config import EvaluationConfig, load_config
 from kidwhisper.data.dataset import read_manifest
+from kidwhisper.files import atomic_write_text
 from kidwhisper.inference.evaluation import decoding_options, evaluate
 from kidwhisper.inference.folds import HELDOUT, TRAIN, fold_dir, plan_folds, write_folds
 from kidwhisper.inference.scoring import percent
@@ -73,7 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skip-plain", action="store_true")
     p.add_argument("--skip-kidwhisper", action="store_true")
     p.add_argument("--only-folds", type=int, nargs="+",
-                   help="run these folds (default all); others come from --out-dir")  # fmt: skip
+                   help="run these folds (default all); others from --results-dir")  # fmt: skip
     p.add_argument("--out-dir", type=Path, help="folds, models, experiments (default: temp)")
     p.add_argument("--results-dir", type=Path,
                    help="per-fold figures, read back later (default OUT_DIR/results)")  # fmt: skip
@@ -164,9 +165,7 @@ def fold_result(path: Path, settings: dict, compute: Callable[[], dict] | None) 
         return None
     result = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps({"settings": settings, "result": result}, indent=1) + "\n")
-    partial.replace(path)
+    atomic_write_text(path, json.dumps({"settings": settings, "result": result}, indent=1) + "\n")
     return result
 
 
