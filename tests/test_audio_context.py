@@ -17,9 +17,13 @@ from kidwhisper.data.audio import (
     load_audio,
     log_mel,
 )
-from kidwhisper.data.dataset import SpeechDataset, WhisperCollator, read_manifest
+from kidwhisper.data.dataset import SpeechDataset, WhisperCollator, pad_frames, read_manifest
 from kidwhisper.models.factory import load_model
 from kidwhisper.models.short_input import ShortInputEncoder, recorded_context
+from kidwhisper.training.run import Run
+from kidwhisper.training.schedule import full_context_step
+
+from .conftest import QUICKSTART, train_steps
 
 
 def test_clip_frames_follow_the_context():
@@ -50,6 +54,59 @@ def test_short_features_are_the_head_of_the_30s_window(real_manifest: Path):
     for row, utt in enumerate(utterances):
         full = log_mel(load_audio(utt.audio), 80)
         np.testing.assert_allclose(features[row].numpy(), full[:, :width], atol=1e-5)
+
+
+def test_a_short_batch_padded_to_30s_is_the_30s_window(real_manifest: Path):
+    """`pad_frames` (training.full_context_prob's widening) gives what computing the clips
+    in Whisper's 30 s window gives."""
+    utterances = read_manifest(real_manifest)[:4]
+    dataset = SpeechDataset(utterances, 80, context="batch")
+    short = WhisperCollator(None)([dataset[i] for i in range(4)])["input_features"]
+    wide = pad_frames(short, N_FRAMES)
+    assert wide.shape == (4, 80, N_FRAMES) and torch.equal(wide[..., : short.shape[-1]], short)
+    for row, utt in enumerate(utterances):
+        full = log_mel(load_audio(utt.audio), 80)
+        np.testing.assert_allclose(wide[row].numpy(), full, atol=1e-5)
+    assert pad_frames(wide, N_FRAMES) is wide  # already as wide: unchanged
+
+
+def test_full_context_steps_are_drawn_from_the_seed_and_step():
+    def drawn(prob, seed, steps=400):
+        return [full_context_step(prob, seed, step) for step in range(steps)]
+
+    assert not any(drawn(0.0, 0)) and all(drawn(1.0, 0))
+    quarter = drawn(0.25, 0)
+    assert quarter == drawn(0.25, 0)  # a resumed run draws the same steps
+    # 400 draws at p = 0.25: standard deviation of the share 0.022, so +-0.07 is 3 sigma.
+    assert 0.18 < sum(quarter) / 400 < 0.32
+    assert quarter != drawn(0.25, 1)
+
+
+def _encoder_widths(tmp_path: Path, prob: float, steps: int = 3) -> list[int]:
+    """Mel frames the encoder is given in each of `steps` training steps of a tiny run."""
+    config = load_config(
+        None,
+        [
+            "model.variant=tiny", "model.pretrained=random", "model.audio_context=batch",
+            f"data.train=[{QUICKSTART / 'train.jsonl'}]", "data.eval=null", "data.num_workers=0",
+            "training.batch_size=2", "training.gradient_accumulation_steps=1",
+            "training.max_steps=3", "training.warmup_steps=0",
+            "training.gradient_checkpointing=false", "evaluation.before_training=false",
+            f"training.full_context_prob={prob}", f"output.checkpoints_dir={tmp_path / 'c'}",
+            f"output.experiments_dir={tmp_path / 'e'}", "output.name=run",
+        ],
+    )  # fmt: skip
+    run = Run(config)
+    widths: list[int] = []
+    encoder = run.model.get_encoder()
+    encoder.register_forward_pre_hook(lambda _, args: widths.append(args[0].shape[-1]))
+    train_steps(run, steps)
+    return widths
+
+
+def test_full_context_prob_trains_those_steps_on_30s(tmp_path: Path):
+    assert all(w < N_FRAMES for w in _encoder_widths(tmp_path / "short", 0.0))
+    assert _encoder_widths(tmp_path / "full", 1.0) == [N_FRAMES] * 3
 
 
 def test_short_encoder_matches_the_full_one_and_takes_short_input(random_tiny):
@@ -84,4 +141,7 @@ def test_config_checks_the_audio_context(tmp_path: Path):
     assert load_config(path, check_paths=False).model.audio_context == "10"
     path.write_text("model:\n  audio_context: btach\n")
     with pytest.raises(ConfigError, match=r"model.audio_context: .*did you mean 'batch'"):
+        load_config(path, check_paths=False)
+    path.write_text("model:\n  audio_context: full\ntraining:\n  full_context_prob: 0.25\n")
+    with pytest.raises(ConfigError, match=r"training.full_context_prob: set, but .* 'full'"):
         load_config(path, check_paths=False)

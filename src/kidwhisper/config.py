@@ -133,6 +133,10 @@ class TrainingConfig:
     # KL(p_start || p_model) towards the frozen starting model (training/anchor.py); 0 turns it off.
     kl_weight: float = field(default=0.0, metadata=_min(0))
     kl_schedule: Literal["constant", "cosine"] = "constant"
+    # With a short model.audio_context: the share of optimizer steps whose batches are
+    # padded to Whisper's full 30 s window instead (drawn per step from the seed), so the
+    # model keeps seeing the input it was pretrained on. 0: never.
+    full_context_prob: float = field(default=0.0, metadata={"min": 0, "max": 1})
     eval_every_steps: int | None = field(default=None, metadata=_min(1))  # also checkpoints
     save_every_steps: int | None = field(default=None, metadata=_min(1))
     keep_checkpoints: int = field(default=2, metadata=_min(1))  # newest kept, plus the best
@@ -309,6 +313,9 @@ def validate(config: Config, source: str, check_paths: bool = True) -> None:
                 f"{m.variant!r} but {m.pretrained} is {BUNDLED[name].variant!r}: set them alike",
             )
     _check_lora(m.lora, source)
+    if config.training.full_context_prob and parse_context(m.audio_context) == FULL:
+        fail(source, "training.full_context_prob", "set, but model.audio_context is already "
+             f"{FULL!r} (every batch is 30 s): set it to {BATCH!r} or seconds")  # fmt: skip
     for part in ("encoder", "decoder"):
         if config.training.freeze == part and getattr(config.training, f"{part}_lr"):
             fail(source, f"training.{part}_lr", f"set, but training.freeze is {part!r}")

@@ -347,13 +347,20 @@ class WhisperCollator:
 
 def _stack_features(features: list[np.ndarray]) -> torch.Tensor:
     """(batch, mels, frames) with `frames` the widest clip's; narrower clips are padded
-    with the value their zero padding has (see audio.log_mel)."""
+    with the value their zero padding has (see `pad_frames`)."""
     width = max(f.shape[-1] for f in features)
-    padded = [
-        np.pad(f, ((0, 0), (0, width - f.shape[-1])), constant_values=f.max() - SILENCE_BELOW_MAX)
-        for f in features
-    ]
-    return torch.from_numpy(np.stack(padded))
+    return torch.stack([pad_frames(torch.from_numpy(f), width) for f in features])
+
+
+def pad_frames(features: torch.Tensor, frames: int) -> torch.Tensor:
+    """Log-mel `features` (..., mels, width) padded on the right to `frames`, each clip with
+    the value its zero padding has (its maximum less audio.log_mel's floor): what computing
+    the clip in a window of `frames` would give."""
+    extra = frames - features.shape[-1]
+    if extra <= 0:
+        return features
+    floor = features.amax(dim=(-2, -1), keepdim=True) - SILENCE_BELOW_MAX
+    return torch.cat([features, floor.expand(*features.shape[:-1], extra)], dim=-1)
 
 
 def split_batch(batch: dict, parts: int) -> list[dict]:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from kidwhisper.config import Config, dump_config
+from kidwhisper.data.audio import N_FRAMES
 from kidwhisper.data.augment import build_augmenter
 from kidwhisper.data.dataset import (
     IGNORE_INDEX,
@@ -30,6 +31,7 @@ from kidwhisper.data.dataset import (
     Utterance,
     WhisperCollator,
     load_utterances,
+    pad_frames,
     screen,
     split_batch,
 )
@@ -56,7 +58,7 @@ from kidwhisper.training import checkpoint as ckpt
 from kidwhisper.training import distributed, faults
 from kidwhisper.training.anchor import KLAnchor, summed_kl
 from kidwhisper.training.ema import build_ema, swapped
-from kidwhisper.training.schedule import build_optimizer, lr_lambda
+from kidwhisper.training.schedule import build_optimizer, full_context_step, lr_lambda
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +242,11 @@ class Run:
         """One optimizer step over an accumulation window: (mean token loss, grad norm,
         whether the step was taken). Out of memory retries it with halved micro-batches
         when the config allows; a non-finite loss or gradient skips it."""
-        window = [next(batches) for _ in range(self.config.training.gradient_accumulation_steps)]
+        tc = self.config.training
+        window = [next(batches) for _ in range(tc.gradient_accumulation_steps)]
+        if full_context_step(tc.full_context_prob, tc.seed, self.state.step):
+            for batch in window:
+                batch["input_features"] = pad_frames(batch["input_features"], N_FRAMES)
         while True:
             try:
                 return self._step(window)

@@ -1,9 +1,10 @@
-"""The optimizer and its learning-rate schedule."""
+"""The optimizer, its learning-rate schedule, and which steps see the full 30 s window."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 
@@ -21,6 +22,13 @@ def lr_lambda(schedule: str, warmup: int, total: int):
         return 1.0 - progress
 
     return factor
+
+
+def full_context_step(prob: float, seed: int, step: int) -> bool:
+    """Whether optimizer step `step` trains on the full 30 s window
+    (`training.full_context_prob`). Drawn from (seed, step) alone, so a resumed run and
+    every process of a distributed one draw alike."""
+    return prob > 0 and np.random.default_rng((seed, step)).random() < prob
 
 
 def build_optimizer(
