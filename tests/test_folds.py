@@ -192,6 +192,20 @@ def test_cv_resumes_skipping_finished_folds_and_refuses_changed_folds(pool, tmp_
     assert (tmp_path / "exp" / "mix-cv" / "cv.md").is_file()
 
 
+def test_cv_only_folds_runs_those_and_summarises_every_finished_one(pool, tmp_path: Path):
+    """Two processes can share one cross-validation: each runs its folds, and the summary
+    holds whatever has finished."""
+    config = _config(tmp_path, pool)
+    first, second = FakeRunner(), FakeRunner()
+    result = cv.run_cv(config, 3, runner=first, only=[3])
+    assert first.ran == ["mix-cv-fold3"] and [f["fold"] for f in result["per_fold"]] == [3]
+    result = cv.run_cv(config, 3, runner=second, only=[1])
+    assert second.ran == ["mix-cv-fold1"] and [f["fold"] for f in result["per_fold"]] == [1, 3]
+    assert result["summary"]["overall"]["n"] == 2
+    with pytest.raises(cv.CVError, match="--only-folds 4: folds are numbered 1 to 3"):
+        cv.run_cv(config, 3, runner=FakeRunner(), only=[4])
+
+
 def _differs(pool: list[Path], seed: int) -> bool:
     utterances = [u for p in pool for u in read_manifest(p)]
     return assign_folds(utterances, 3, seed) != assign_folds(utterances, 3, 0)

@@ -45,7 +45,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     from kidwhisper.training.cv import cv_dir, run_cv
 
     config = load_config(args.config, args.overrides)
-    run_cv(config, args.folds, args.seed, args.pool, args.overwrite)
+    run_cv(config, args.folds, args.seed, args.pool, args.overwrite, only=args.only_folds)
     out = cv_dir(config)
     print((out / "cv.md").read_text(encoding="utf-8"))
     print(f"folds and figures: {out}/ (cv.json, cv.md, folds/)")

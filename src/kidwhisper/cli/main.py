@@ -121,6 +121,10 @@ def _add_training(sub) -> None:
         "data.eval into folds (default: the first); the others train every fold"
     )  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="run finished folds again")
+    p.add_argument(
+        "--only-folds", nargs="+", type=int, metavar="I", help="run just these folds (1 to K; "
+        "e.g. one per process); the summary holds every finished fold"
+    )  # fmt: skip
     p.set_defaults(func=cmd_cv)
 
     p = sub.add_parser("cv-compare", help="two cross-validations fold by fold, with a verdict")

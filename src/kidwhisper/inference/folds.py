@@ -28,6 +28,7 @@ from pathlib import Path
 from kidwhisper.data.dataset import Utterance
 from kidwhisper.data.problems import DataProblems
 from kidwhisper.data.weighting import bucket
+from kidwhisper.files import atomic_write_text
 from kidwhisper.inference.curation import (
     CurationError,
     _bucket_order,
@@ -179,9 +180,6 @@ def write_folds(
         for name, rows in sides.items():
             write_rows(folder / name, rows)
     plan.report.out_dir = str(out_dir)
-    summary = out_dir / SUMMARY
-    partial = summary.with_name(summary.name + ".partial")
-    partial.write_text(json.dumps(plan.report.to_dict(), indent=1) + "\n", encoding="utf-8")
-    partial.replace(summary)
+    atomic_write_text(out_dir / SUMMARY, json.dumps(plan.report.to_dict(), indent=1) + "\n")
     log.info("folds: %d speakers in %d folds under %s", len(plan.fold_of), k, out_dir)
     return plan.report

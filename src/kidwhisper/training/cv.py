@@ -10,7 +10,8 @@ keep their manifests. Before a fold runs, its held-out speakers are checked agai
 training manifest: none of them may be trained on.
 
 A finished fold is not run again (an unfinished one resumes from its checkpoint), so the
-same command continues a cross-validation. The folds are recorded in
+same command continues a cross-validation; `--only-folds` runs some folds only, so that
+several processes can share one. The folds are recorded in
 `<experiments>/<name>-cv/folds/folds.json`; if the same command would now make different
 folds (another seed, K or data) while fold experiments exist, it stops unless --overwrite.
 At the end, cv.json and cv.md report WER overall and per age bucket as mean ± standard
@@ -23,13 +24,13 @@ import copy
 import json
 import logging
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from kidwhisper.config import Config, resolve_path, source_index, validate
 from kidwhisper.data.dataset import read_manifest
 from kidwhisper.errors import UserError
+from kidwhisper.files import atomic_write_text
 from kidwhisper.inference.curation import speaker
 from kidwhisper.inference.folds import HELDOUT, SUMMARY, TRAIN, fold_dir, plan_folds, write_folds
 from kidwhisper.inference.scoring import percent
@@ -150,12 +151,6 @@ def markdown(name: str, per_fold: list[dict], summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
-
-
 # --- the run -------------------------------------------------------------------------------
 
 
@@ -182,9 +177,15 @@ def run_cv(
     pool: list[str] | None = None,
     overwrite: bool = False,
     runner: Callable[..., dict] | None = None,
+    only: list[int] | None = None,
 ) -> dict:
     """Cross-validate `config` over `k` speaker folds; `runner(config, overwrite=...)` runs
-    one fold's experiment (default `run_experiment`). Returns what cv.json holds."""
+    one fold's experiment (default `run_experiment`). With `only`, just those folds run
+    (several processes can share a cross-validation that way); the summary holds every
+    finished fold. Returns what cv.json holds."""
+    bad = sorted(set(only or []) - set(range(1, k + 1)))
+    if bad:
+        raise CVError(f"--only-folds {bad[0]}: folds are numbered 1 to {k}")
     if runner is None:
         from kidwhisper.training.experiments import run_experiment as runner
     out = cv_dir(config)
@@ -202,6 +203,8 @@ def run_cv(
         experiment = Experiment(fold)
         if experiment.finished() and not overwrite:
             log.info("fold %d: %s is finished, not run again", i, experiment.dir)
+        elif only and i not in only:
+            continue  # another process's fold, or one for later
         else:
             log.info("fold %d of %d: %s", i, k, fold.output.name)
             runner(fold, overwrite=overwrite)
@@ -225,6 +228,6 @@ def write_summary(
         "per_fold": per_fold,
         "summary": summary,
     }
-    _write_atomic(out / "cv.json", json.dumps(result, indent=2) + "\n")
-    _write_atomic(out / "cv.md", markdown(config.output.name, per_fold, summary))
+    atomic_write_text(out / "cv.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / "cv.md", markdown(config.output.name, per_fold, summary))
     return result
