@@ -7,8 +7,10 @@ folds' speakers and are scored on the fold's own: the plain side is the Hugging 
 recipe (`Seq2SeqTrainer`, clips padded to 30 s; benchmarks/train_throughput.py's
 `train_plain`, one seed), decoded at 30 s; the kidwhisper side is the config (default
 configs/kids_recommended.yaml, its extra data.train manifests training every fold, as
-`kidwhisper cv` does) over several seeds. Both are decoded by kidwhisper's evaluation
-(competition normaliser, greedy with its guards). The table gives WER overall and per age
+`kidwhisper cv` does) over several seeds. Both are scored by kidwhisper's evaluation
+(competition normaliser, decoding guards): the plain side greedy, as the recipe's
+`generate` decodes, the kidwhisper side as its config's evaluation block says (beam 5 in
+kids_recommended.yaml). The table gives WER overall and per age
 bucket as mean ± std [min–max] over folds (a fold's kidwhisper figure is its seeds' mean),
 the seed spread, the per-fold difference and the wall time of each side.
 
@@ -95,10 +97,7 @@ QUICK = ["training.max_steps=1", "training.batch_size=8", "training.eval_every_s
 def shrink(path: Path, keep: int) -> None:
     """Keep `keep` lines of a manifest, evenly spaced (so several speakers and buckets)."""
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    kept = lines[:: max(1, len(lines) // keep)][:keep]
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text("".join(kept), encoding="utf-8")
-    partial.replace(path)
+    atomic_write_text(path, "".join(lines[:: max(1, len(lines) // keep)][:keep]))
 
 
 def heldout_figures(model_dir: Path, heldout: Path, context: str) -> dict:
