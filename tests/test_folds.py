@@ -244,6 +244,11 @@ def test_cv_cli_prints_the_table(pool, tmp_path: Path, capsys, monkeypatch):
     # Overrides may follow the options.
     assert main(["cv", str(tmp_path / "c.yaml"), "--folds", "2", "output.name=named"]) == 0
     assert (tmp_path / "exp" / "named-cv" / "cv.md").is_file()
+    # One fold of another cross-validation, overrides after the fold list.
+    args = ["cv", str(tmp_path / "c.yaml"), "--folds", "2", "--only-folds", "2", "output.name=h"]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "exp" / "h-cv" / "cv.json").read_text())
+    assert [f["fold"] for f in summary["per_fold"]] == [2]
     with pytest.raises(SystemExit):
         main(["cv", str(tmp_path / "c.yaml"), "--folds", "2", "--bogus"])
     assert main(["cv", str(tmp_path / "c.yaml"), "--folds", "2", "--pool", "nothing"]) == 2

@@ -61,6 +61,15 @@ def _at_least_one(value: str) -> int:
     return number
 
 
+def _fold_list(value: str) -> list[int]:
+    """`1,3` -> [1, 3] (a comma list: the overrides after it stay positional)."""
+    try:
+        return [int(part) for part in value.split(",")]
+    except ValueError:
+        message = f"expected fold numbers like 1,3, got {value!r}"
+        raise argparse.ArgumentTypeError(message) from None
+
+
 def _beam_args(p: argparse.ArgumentParser) -> None:
     """--beam-size and --length-penalty for commands that decode (evaluation.* defaults)."""
     p.add_argument(
@@ -122,8 +131,8 @@ def _add_training(sub) -> None:
     )  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="run finished folds again")
     p.add_argument(
-        "--only-folds", nargs="+", type=int, metavar="I", help="run just these folds (1 to K; "
-        "e.g. one per process); the summary holds every finished fold"
+        "--only-folds", type=_fold_list, metavar="I,J", help="run just these folds, e.g. 1,3 "
+        "(one set per process); the summary holds every finished fold"
     )  # fmt: skip
     p.set_defaults(func=cmd_cv)
 
