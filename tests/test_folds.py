@@ -196,12 +196,20 @@ def test_cv_only_folds_runs_those_and_summarises_every_finished_one(pool, tmp_pa
     """Two processes can share one cross-validation: each runs its folds, and the summary
     holds whatever has finished."""
     config = _config(tmp_path, pool)
-    first, second = FakeRunner(), FakeRunner()
-    result = cv.run_cv(config, 3, runner=first, only=[3])
-    assert first.ran == ["mix-cv-fold3"] and [f["fold"] for f in result["per_fold"]] == [3]
-    result = cv.run_cv(config, 3, runner=second, only=[1])
-    assert second.ran == ["mix-cv-fold1"] and [f["fold"] for f in result["per_fold"]] == [1, 3]
+    other = FakeRunner()  # the other process: it finishes fold 3 while fold 1 trains here
+
+    def here_and_there(fold_config, overwrite=False):
+        there = copy.deepcopy(fold_config)
+        there.output.name = fold_config.output.name.replace("fold1", "fold3")
+        other(there)
+        return FakeRunner()(fold_config)
+
+    result = cv.run_cv(config, 3, runner=here_and_there, only=[1])
+    assert other.ran == ["mix-cv-fold3"] and [f["fold"] for f in result["per_fold"]] == [1, 3]
     assert result["summary"]["overall"]["n"] == 2
+    again = FakeRunner()
+    result = cv.run_cv(config, 3, runner=again, only=[2])
+    assert again.ran == ["mix-cv-fold2"] and [f["fold"] for f in result["per_fold"]] == [1, 2, 3]
     with pytest.raises(cv.CVError, match="--only-folds 4: folds are numbered 1 to 3"):
         cv.run_cv(config, 3, runner=FakeRunner(), only=[4])
 

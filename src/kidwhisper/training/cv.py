@@ -197,19 +197,21 @@ def run_cv(
     plan = plan_folds(paths, k, seed)
     _check_same_folds(out, plan.report.to_dict(), config, k, overwrite)
     write_folds(paths, k, out / "folds", seed, force=True, plan=plan)
-    per_fold = []
+    experiments = []
     for i, fold in enumerate(fold_configs(config, out / "folds", k, pooled), 1):
         check_disjoint(fold)
-        experiment = Experiment(fold)
-        if experiment.finished() and not overwrite:
-            log.info("fold %d: %s is finished, not run again", i, experiment.dir)
-        elif only and i not in only:
-            continue  # another process's fold, or one for later
-        else:
+        experiments.append(Experiment(fold))
+        if experiments[-1].finished() and not overwrite:
+            log.info("fold %d: %s is finished, not run again", i, experiments[-1].dir)
+        elif not only or i in only:  # else another process's fold, or one for later
             log.info("fold %d of %d: %s", i, k, fold.output.name)
             runner(fold, overwrite=overwrite)
-        metrics = json.loads((experiment.dir / "metrics.json").read_text(encoding="utf-8"))
-        per_fold.append({"fold": i, "experiment": str(experiment.dir), **fold_result(metrics)})
+    # Every fold finished by now, whichever process ran it.
+    per_fold = [
+        {"fold": i, "experiment": str(e.dir), **fold_result(e.read_metrics())}
+        for i, e in enumerate(experiments, 1)
+        if e.finished()
+    ]
     return write_summary(config, out, k, seed, manifests, per_fold)
 
 

@@ -49,11 +49,15 @@ class Experiment:
         self.dir = Path(config.output.experiments_dir) / self.name
         self.checkpoint_dir = Path(config.output.checkpoints_dir) / self.name
 
-    def finished(self) -> bool:
+    def read_metrics(self) -> dict:
+        """metrics.json as written so far ({} when there is none yet)."""
         try:
-            return bool(json.loads((self.dir / "metrics.json").read_text()).get("finished"))
+            return json.loads((self.dir / "metrics.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            return False
+            return {}
+
+    def finished(self) -> bool:
+        return bool(self.read_metrics().get("finished"))
 
     def create(self, overwrite: bool = False) -> Experiment:
         """Make the folder; refuse to clobber a finished run unless `overwrite`."""
