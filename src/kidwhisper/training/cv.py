@@ -206,12 +206,11 @@ def run_cv(
         elif not only or i in only:  # else another process's fold, or one for later
             log.info("fold %d of %d: %s", i, k, fold.output.name)
             runner(fold, overwrite=overwrite)
-    # Every fold finished by now, whichever process ran it.
-    per_fold = [
-        {"fold": i, "experiment": str(e.dir), **fold_result(e.read_metrics())}
-        for i, e in enumerate(experiments, 1)
-        if e.finished()
-    ]
+    per_fold = []
+    for i, experiment in enumerate(experiments, 1):
+        metrics = experiment.read_metrics()  # finished by now, whichever process ran it?
+        if metrics.get("finished"):
+            per_fold.append({"fold": i, "experiment": str(experiment.dir), **fold_result(metrics)})
     return write_summary(config, out, k, seed, manifests, per_fold)
 
 
