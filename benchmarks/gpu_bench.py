@@ -27,7 +27,7 @@ from kidwhisper.data.audio import FRAMES_PER_SECOND, SAMPLE_RATE, clip_frames
 from kidwhisper.device import pick_device
 from kidwhisper.inference.decoding import DecodingOptions, greedy_decode
 from kidwhisper.models.factory import WhisperModel
-from kidwhisper.training.run import summed_loss
+from kidwhisper.training.objective import summed_loss
 
 COMPETITION_CLIPS = 214_000
 PEAK_TFLOPS = {"A100": 312, "H100": 989, "H200": 989, "L4": 121, "A10": 125}  # dense bf16

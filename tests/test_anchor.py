@@ -9,8 +9,8 @@ import torch
 
 from kidwhisper.data.dataset import SpeechDataset, WhisperCollator, read_manifest
 from kidwhisper.data.sampling import batch_stream
-from kidwhisper.training.anchor import KLAnchor
-from kidwhisper.training.run import Run, summed_loss
+from kidwhisper.training.objective import KLAnchor, summed_loss
+from kidwhisper.training.run import Run
 
 from .test_training import _config
 

@@ -130,7 +130,8 @@ class TrainingConfig:
     gradient_checkpointing: bool = True
     # With several processes: ddp (whole model per process) or fsdp (sharded, for large-v3).
     strategy: Literal["ddp", "fsdp"] = "ddp"
-    # KL(p_start || p_model) towards the frozen starting model (training/anchor.py); 0 turns it off.
+    # KL(p_start || p_model) towards the frozen starting model (training/objective.py);
+    # 0 turns it off.
     kl_weight: float = field(default=0.0, metadata=_min(0))
     kl_schedule: Literal["constant", "cosine"] = "constant"
     # With a short model.audio_context: the share of optimizer steps whose batches are
@@ -299,7 +300,7 @@ def validate(config: Config, source: str, check_paths: bool = True) -> None:
     if m.variant not in VARIANTS:
         fail(source, "model.variant", f"unknown variant {m.variant!r}{hint(m.variant, VARIANTS)}")
     try:
-        parse_context(m.audio_context)
+        context = parse_context(m.audio_context)
     except ValueError as err:
         fail(source, "model.audio_context", f"{err}{hint(m.audio_context, (FULL, BATCH))}")
     if m.pretrained and m.pretrained.startswith(BUNDLED_PREFIX):
@@ -313,7 +314,7 @@ def validate(config: Config, source: str, check_paths: bool = True) -> None:
                 f"{m.variant!r} but {m.pretrained} is {BUNDLED[name].variant!r}: set them alike",
             )
     _check_lora(m.lora, source)
-    if config.training.full_context_prob and parse_context(m.audio_context) == FULL:
+    if config.training.full_context_prob and context == FULL:
         fail(source, "training.full_context_prob", "set, but model.audio_context is already "
              f"{FULL!r} (every batch is 30 s): set it to {BATCH!r} or seconds")  # fmt: skip
     for part in ("encoder", "decoder"):

@@ -21,15 +21,15 @@ from kidwhisper.config import load_config
 from kidwhisper.data.dataset import split_batch
 from kidwhisper.data.sampling import batch_stream
 from kidwhisper.training import checkpoint as ckpt
-from kidwhisper.training import faults
-from kidwhisper.training import run as trainer
+from kidwhisper.training import faults, objective
+from kidwhisper.training import run as run_module
 from kidwhisper.training.faults import TrainingError
 from kidwhisper.training.loop import train
 from kidwhisper.training.run import Run
 
 from ..conftest import REPO
 
-REAL_LOSS = trainer.summed_loss
+REAL_LOSS = objective.summed_loss
 QUICKSTART_YAML = REPO / "configs" / "quickstart.yaml"
 
 
@@ -43,16 +43,16 @@ def _nan_on(calls: set[int]):
 
     def loss(model, batch, *args, **kwargs):
         count["n"] += 1
-        objective, ce = REAL_LOSS(model, batch, *args, **kwargs)
+        total, ce = REAL_LOSS(model, batch, *args, **kwargs)
         if count["n"] in calls:
-            return objective * float("nan"), ce * float("nan")
-        return objective, ce
+            return total * float("nan"), ce * float("nan")
+        return total, ce
 
     return loss
 
 
 def test_nan_steps_are_skipped_and_counted(monkeypatch, quickstart_config):
-    monkeypatch.setattr(trainer, "summed_loss", _nan_on({2, 3}))
+    monkeypatch.setattr(objective, "summed_loss", _nan_on({2, 3}))
     wm, state = train(load_config(None, [*quickstart_config, "training.max_steps=4"]))
     assert state.step == 4 and state.bad_steps == 2
     assert [p["step"] for p in state.loss_curve] == [1, 2, 3, 4]  # skipped steps leave no point
@@ -60,7 +60,7 @@ def test_nan_steps_are_skipped_and_counted(monkeypatch, quickstart_config):
 
 
 def test_too_many_nan_steps_in_a_row_stop_the_run(monkeypatch, quickstart_config):
-    monkeypatch.setattr(trainer, "summed_loss", _nan_on(set(range(2, 100))))
+    monkeypatch.setattr(objective, "summed_loss", _nan_on(set(range(2, 100))))
     config = load_config(None, [*quickstart_config, "training.max_bad_steps=3"])
     with pytest.raises(TrainingError, match="3 steps in a row had a NaN/inf loss") as err:
         train(config)
@@ -77,7 +77,7 @@ def _oom_above(clips: int):
 
 
 def test_out_of_memory_fails_with_what_to_change(monkeypatch, quickstart_config):
-    monkeypatch.setattr(trainer, "summed_loss", _oom_above(2))
+    monkeypatch.setattr(objective, "summed_loss", _oom_above(2))
     with pytest.raises(TrainingError, match="out of memory at step 1") as err:
         train(load_config(None, quickstart_config))
     message = str(err.value)
@@ -86,7 +86,7 @@ def test_out_of_memory_fails_with_what_to_change(monkeypatch, quickstart_config)
 
 
 def test_out_of_memory_halves_micro_batches_and_goes_on(monkeypatch, quickstart_config):
-    monkeypatch.setattr(trainer, "summed_loss", _oom_above(1))
+    monkeypatch.setattr(objective, "summed_loss", _oom_above(1))
     wm, state = train(load_config(None, [*quickstart_config, "training.on_oom=halve"]))
     assert state.step == 4 and state.samples == 16 and _params_finite(wm)
 
@@ -190,7 +190,7 @@ def test_unwritable_output_fails_before_the_model_loads(tmp_path, quickstart_con
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     loaded = []
-    monkeypatch.setattr(trainer.ModelFactory, "create", lambda self: loaded.append(1))
+    monkeypatch.setattr(run_module.ModelFactory, "create", lambda self: loaded.append(1))
     config = load_config(None, [*quickstart_config, f"output.checkpoints_dir={blocker}"])
     with pytest.raises(TrainingError, match=r"output\.checkpoints_dir: cannot write to"):
         Run(config)

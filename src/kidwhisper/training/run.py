@@ -19,7 +19,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from kidwhisper.config import Config, dump_config
@@ -55,38 +54,11 @@ from kidwhisper.inference.evaluation import (
 from kidwhisper.models import adapters
 from kidwhisper.models.factory import ModelFactory
 from kidwhisper.training import checkpoint as ckpt
-from kidwhisper.training import distributed, faults
-from kidwhisper.training.anchor import KLAnchor, summed_kl
+from kidwhisper.training import distributed, faults, objective
 from kidwhisper.training.ema import build_ema, swapped
 from kidwhisper.training.schedule import build_optimizer, full_context_step, lr_lambda
 
 log = logging.getLogger(__name__)
-
-
-# --- the objective -----------------------------------------------------------------------
-
-
-def summed_loss(
-    model: torch.nn.Module,
-    batch: dict,
-    device: torch.device,
-    anchor: KLAnchor | None = None,
-    step: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(objective, cross-entropy), each summed over the batch's target tokens (teacher
-    forcing); the objective adds the KL anchor's term when there is one."""
-    labels = batch["labels"].to(device)
-    logits = model(
-        input_features=batch["input_features"].to(device),
-        decoder_input_ids=batch["decoder_input_ids"].to(device),
-    ).logits
-    ce = F.cross_entropy(
-        logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
-    weight = anchor.weight_at(step) if anchor else 0.0
-    if weight == 0.0:
-        return ce, ce
-    return ce + weight * summed_kl(logits, anchor.base_logits(batch, device), labels), ce
 
 
 # --- the run -------------------------------------------------------------------------------
@@ -157,7 +129,9 @@ class Run:
         model.config.use_cache = False  # the KV cache only helps generation
         if tc.gradient_checkpointing:
             model.gradient_checkpointing_enable({"use_reentrant": False})
-        self.anchor = KLAnchor(model, tc.kl_weight, tc.kl_schedule) if tc.kl_weight else None
+        self.anchor = (
+            objective.KLAnchor(model, tc.kl_weight, tc.kl_schedule) if tc.kl_weight else None
+        )
         self.param_counts = adapters.prepare(model, self.config)  # frozen parts, LoRA
         self.state.trainable_params, self.state.total_params = self.param_counts
         self.ema = build_ema(model, tc.ema_decay)  # of what trains: after freezing and LoRA
@@ -275,10 +249,10 @@ class Run:
             last = i == len(micro_batches) - 1
             with distributed.maybe_no_sync(self.model, sync=last):
                 with self.autocast():
-                    objective, loss = summed_loss(
+                    objective_sum, loss = objective.summed_loss(
                         self.model, batch, self.device, self.anchor, self.state.step
                     )
-                self.scaler.scale(objective * scale).backward()
+                self.scaler.scale(objective_sum * scale).backward()
             window_loss += loss.item()
         self.scaler.unscale_(self.optimizer)
         grad_norm = float(

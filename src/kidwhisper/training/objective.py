@@ -1,9 +1,13 @@
-"""A KL anchor to the starting model, against forgetting what it knew.
+"""The training objective: cross-entropy under teacher forcing, and a KL anchor to the
+starting model against forgetting what it knew.
 
-The loss adds `weight(step) * KL(p_base || p_model)` summed over the label tokens, where
-`p_base` is the next-token distribution of a frozen copy of the model as training began
-(a noisy-classroom prize winner of "On Top of Pasketti" used such a penalty). The weight is
-constant or fades to zero on a cosine, so the model is held close early and free late.
+Losses are sums over target tokens, not means: the optimisation step divides by the
+window's global token count, so each token weighs the same however the batch is split
+into processes and micro-batches. The anchor adds `weight(step) * KL(p_base || p_model)`
+summed over the label tokens, where `p_base` is the next-token distribution of a frozen
+copy of the model as training began (a noisy-classroom prize winner of "On Top of
+Pasketti" used such a penalty). The weight is constant or fades to zero on a cosine, so
+the model is held close early and free late.
 """
 
 from __future__ import annotations
@@ -50,3 +54,26 @@ def summed_kl(
     log_p = F.log_softmax(logits[keep].float(), dim=-1)
     log_q = F.log_softmax(base_logits[keep].float(), dim=-1)
     return F.kl_div(log_p, log_q, log_target=True, reduction="sum")
+
+
+def summed_loss(
+    model: torch.nn.Module,
+    batch: dict,
+    device: torch.device,
+    anchor: KLAnchor | None = None,
+    step: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(objective, cross-entropy), each summed over the batch's target tokens (teacher
+    forcing); the objective adds the KL anchor's term when there is one."""
+    labels = batch["labels"].to(device)
+    logits = model(
+        input_features=batch["input_features"].to(device),
+        decoder_input_ids=batch["decoder_input_ids"].to(device),
+    ).logits
+    ce = F.cross_entropy(
+        logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    weight = anchor.weight_at(step) if anchor else 0.0
+    if weight == 0.0:
+        return ce, ce
+    return ce + weight * summed_kl(logits, anchor.base_logits(batch, device), labels), ce
