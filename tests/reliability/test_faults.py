@@ -20,9 +20,9 @@ import torch
 from kidwhisper.config import load_config
 from kidwhisper.data.dataset import split_batch
 from kidwhisper.data.sampling import batch_stream
+from kidwhisper.models.factory import ModelFactory
 from kidwhisper.training import checkpoint as ckpt
 from kidwhisper.training import faults, objective
-from kidwhisper.training import run as run_module
 from kidwhisper.training.faults import TrainingError
 from kidwhisper.training.loop import train
 from kidwhisper.training.run import Run
@@ -190,7 +190,7 @@ def test_unwritable_output_fails_before_the_model_loads(tmp_path, quickstart_con
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     loaded = []
-    monkeypatch.setattr(run_module.ModelFactory, "create", lambda self: loaded.append(1))
+    monkeypatch.setattr(ModelFactory, "create", lambda self: loaded.append(1))
     config = load_config(None, [*quickstart_config, f"output.checkpoints_dir={blocker}"])
     with pytest.raises(TrainingError, match=r"output\.checkpoints_dir: cannot write to"):
         Run(config)

@@ -208,7 +208,7 @@ def run_cv(
             runner(fold, overwrite=overwrite)
     per_fold = []
     for i, experiment in enumerate(experiments, 1):
-        metrics = experiment.read_metrics()  # finished by now, whichever process ran it?
+        metrics = experiment.read_metrics()  # any process may have finished it meanwhile
         if metrics.get("finished"):
             per_fold.append({"fold": i, "experiment": str(experiment.dir), **fold_result(metrics)})
     return write_summary(config, out, k, seed, manifests, per_fold)
