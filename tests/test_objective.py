@@ -1,4 +1,5 @@
-"""The KL anchor to the starting model: zero at the start, positive once the model moves."""
+"""training/objective.py: the summed loss and the KL anchor to the starting model (zero at the
+start, positive once the model moves)."""
 
 from __future__ import annotations
 
