@@ -206,6 +206,13 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def repo_relative(path: Path) -> str:
+    """`path` as recorded in the kept figures: relative to the repo when inside it, so that
+    figures made in one checkout are read back in another."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(path)
+
+
 def run_folds(args: argparse.Namespace, configs: list, out: Path) -> tuple[dict, dict]:
     """Every fold's plain and kidwhisper figures ({fold: figures}), run here for the folds
     in --only-folds and read back from --results-dir for the others when present."""
@@ -223,7 +230,7 @@ def run_folds(args: argparse.Namespace, configs: list, out: Path) -> tuple[dict,
             continue
         runs = []
         for seed in args.seeds:
-            settings = {"config": str(args.config), "set": args.set, "seed": seed,
+            settings = {"config": repo_relative(args.config), "set": args.set, "seed": seed,
                         "quick": args.quick}  # fmt: skip
             run = partial(run_kidwhisper, args, fold_config, seed, out) if here else None
             path = results / f"kidwhisper-fold{i}-seed{seed}.json"
