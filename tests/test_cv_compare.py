@@ -89,6 +89,25 @@ def test_runs_on_different_folds_or_none_are_refused(tmp_path: Path):
     assert cv_name("experiments/cv-x-cv") == "cv-x" and cv_name("cv-x") == "cv-x"
 
 
+def test_several_seeds_per_side_are_averaged_fold_by_fold(tmp_path: Path):
+    # Seed noise of +-0.03 a fold hides a 0.01 gain in one run; averaged over both seeds
+    # per side the noise cancels and the paired difference is exactly -0.01 on every fold.
+    noise = [0.03, -0.03, 0.03, -0.03]
+    _folds(tmp_path, "base", BASE, BASE_YOUNG)
+    _folds(tmp_path, "base-s1", _shift(noise), BASE_YOUNG)
+    _folds(tmp_path, "cand", _shift([n - 0.01 for n in noise]), BASE_YOUNG)
+    _folds(tmp_path, "cand-s1", _shift([-0.01] * 4), BASE_YOUNG)
+    assert compare_cv(tmp_path, "base", "cand")["verdict"] == "within the folds' spread"
+    result = compare_cv(tmp_path, "base,base-s1", "cand,cand-s1")
+    diff = result["overall"]["difference"]
+    assert math.isclose(diff["mean"], -0.01) and diff["std"] < 1e-12
+    assert result["verdict"] == "better" and result["runs"] == {"baseline": 2, "candidate": 2}
+    assert result["baseline"] == "base + base-s1"
+    # A fold only some seeds finished is left out, so every fold averages the same runs.
+    (tmp_path / "cand-s1-cv-fold4" / "metrics.json").write_text(json.dumps({"finished": False}))
+    assert compare_cv(tmp_path, "base,base-s1", "cand,cand-s1")["folds"] == [1, 2, 3]
+
+
 def test_cli_prints_and_writes_the_table(tmp_path: Path, capsys):
     _folds(tmp_path, "base", BASE, BASE_YOUNG)
     _folds(tmp_path, "cand", [w + 0.01 for w in BASE], BASE_YOUNG)

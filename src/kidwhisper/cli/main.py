@@ -137,8 +137,11 @@ def _add_training(sub) -> None:
     p.set_defaults(func=cmd_cv)
 
     p = sub.add_parser("cv-compare", help="two cross-validations fold by fold, with a verdict")
-    p.add_argument("baseline", help="a cv name (cv-recommended) or its folder")
-    p.add_argument("candidate", help="the cv to judge against it, run on the same folds")
+    p.add_argument(
+        "baseline", help="a cv name (cv-recommended) or its folder; several runs of one config "
+        "(seeds) as NAME,NAME-s1: each fold's figure is their mean"
+    )  # fmt: skip
+    p.add_argument("candidate", help="the cv (or runs) to judge against it, on the same folds")
     p.add_argument("--experiments-dir", type=Path, default=Path("experiments"))
     p.add_argument("--out", type=Path, help="also write the table (markdown) here")
     p.set_defaults(func=cmd_cv_compare)

@@ -7,6 +7,11 @@ candidate is better when its mean WER over the folds is below the baseline's by 
 the folds' standard deviation of the difference, and the 5-7 bucket is not worse on
 average; worse when it is above by more than that spread; otherwise within the spread.
 Unfinished folds are left out (a run stopped early is compared on the folds both have).
+
+Either side may be several runs of one config on the same folds, other training seeds
+(`cv-recommended,cv-recommended-s1`): each fold's figure is then their mean, over the folds
+every run of that side finished, so that the fold-by-fold difference carries less of the
+seed noise that one run per fold leaves in it.
 """
 
 from __future__ import annotations
@@ -81,26 +86,53 @@ def verdict(overall: dict, youngest: dict | None) -> str:
     return "within the folds' spread"
 
 
-def compare_cv(experiments_dir: Path, baseline: str, candidate: str) -> dict:
-    """The paired comparison of two cross-validations run on the same folds."""
-    base_name, cand_name = cv_name(baseline), cv_name(candidate)
-    a, b = _held_out(experiments_dir, base_name), _held_out(experiments_dir, cand_name)
-    if a is not None and b is not None and a != b:
-        raise CVError(
-            f"{base_name} and {cand_name} were run on different folds (their folds.json differ): "
-            "compare runs made with the same --folds, --seed and pooled data"
-        )
-    base = finished_folds(experiments_dir, base_name)
-    cand = finished_folds(experiments_dir, cand_name)
-    for name, folds in ((base_name, base), (cand_name, cand)):
-        if not folds:
+def _mean_result(results: list[dict]) -> dict:
+    """One fold's figures averaged over runs (seeds): WER and each bucket they all have."""
+    buckets = set.intersection(*(set(r["wer_by_age"]) for r in results))
+    return {
+        "wer": sum(r["wer"] for r in results) / len(results),
+        "wer_by_age": {
+            b: sum(r["wer_by_age"][b] for r in results) / len(results) for b in sorted(buckets)
+        },
+    }
+
+
+def side_folds(experiments_dir: Path, names: list[str]) -> dict[int, dict]:
+    """Fold number -> figures averaged over the runs `names`, for the folds all finished."""
+    runs = []
+    for name in names:
+        runs.append(finished_folds(experiments_dir, name))
+        if not runs[-1]:
             raise CVError(f"{experiments_dir}/{name}-cv-fold*: no finished fold to compare")
+    common = set.intersection(*(set(run) for run in runs))
+    if not common:
+        raise CVError(f"{', '.join(names)}: no fold is finished by every one of these runs")
+    return {i: _mean_result([run[i] for run in runs]) for i in sorted(common)}
+
+
+def compare_cv(experiments_dir: Path, baseline: str, candidate: str) -> dict:
+    """The paired comparison of two cross-validations run on the same folds; each side is a
+    cv name or a comma-separated list of runs (seeds) averaged fold by fold."""
+    base_names = [cv_name(n) for n in baseline.split(",") if n]
+    cand_names = [cv_name(n) for n in candidate.split(",") if n]
+    held_out = {n: _held_out(experiments_dir, n) for n in base_names + cand_names}
+    known = {n: folds for n, folds in held_out.items() if folds is not None}
+    first = next(iter(known), None)
+    for name, folds in known.items():
+        if folds != known[first]:
+            raise CVError(
+                f"{first} and {name} were run on different folds (their folds.json differ): "
+                "compare runs made with the same --folds, --seed and pooled data"
+            )
+    base = side_folds(experiments_dir, base_names)
+    cand = side_folds(experiments_dir, cand_names)
     buckets = sorted({k for f in [*base.values(), *cand.values()] for k in f["wer_by_age"]})
     overall = _difference(base, cand, None)
     by_age = {bucket: _difference(base, cand, bucket) for bucket in buckets}
     return {
-        "baseline": base_name,
-        "candidate": cand_name,
+        "baseline": " + ".join(base_names),
+        "candidate": " + ".join(cand_names),
+        "runs": {"baseline": len(base_names), "candidate": len(cand_names)},
         "folds": sorted(base.keys() & cand.keys()),
         "overall": overall,
         "by_age": by_age,
@@ -112,6 +144,14 @@ def _points(value: float) -> str:
     return f"{100 * value:+.2f}"
 
 
+def _runs_note(runs: dict) -> str:
+    several = {side: n for side, n in runs.items() if n > 1}
+    if not several:
+        return ""
+    sides = " and ".join(f"the {side}'s {n}" for side, n in several.items())
+    return f" Each fold's figure is the mean of {sides} runs (seeds)."
+
+
 def markdown(result: dict) -> str:
     """The comparison as a table: means, the difference (points) mean ± std, per fold."""
     folds = result["folds"]
@@ -120,7 +160,7 @@ def markdown(result: dict) -> str:
         f"# {result['candidate']} against {result['baseline']} ({len(folds)} paired folds)",
         "",
         "WER mean over the folds; difference = candidate - baseline in WER points, negative "
-        "is better.",
+        "is better." + _runs_note(result.get("runs", {})),
         "",
         f"| | {result['baseline']} | {result['candidate']} | difference ± std | {head} |",
         "|---|---|---|---|" + "---|" * len(folds),
