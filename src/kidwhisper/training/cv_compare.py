@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from statistics import fmean
 
 from kidwhisper.inference.folds import SUMMARY
 from kidwhisper.training.cv import CVError, fold_result, stats
@@ -90,10 +91,8 @@ def _mean_result(results: list[dict]) -> dict:
     """One fold's figures averaged over runs (seeds): WER and each bucket they all have."""
     buckets = set.intersection(*(set(r["wer_by_age"]) for r in results))
     return {
-        "wer": sum(r["wer"] for r in results) / len(results),
-        "wer_by_age": {
-            b: sum(r["wer_by_age"][b] for r in results) / len(results) for b in sorted(buckets)
-        },
+        "wer": fmean(r["wer"] for r in results),
+        "wer_by_age": {b: fmean(r["wer_by_age"][b] for r in results) for b in sorted(buckets)},
     }
 
 
@@ -160,7 +159,7 @@ def markdown(result: dict) -> str:
         f"# {result['candidate']} against {result['baseline']} ({len(folds)} paired folds)",
         "",
         "WER mean over the folds; difference = candidate - baseline in WER points, negative "
-        "is better." + _runs_note(result.get("runs", {})),
+        "is better." + _runs_note(result["runs"]),
         "",
         f"| | {result['baseline']} | {result['candidate']} | difference ± std | {head} |",
         "|---|---|---|---|" + "---|" * len(folds),
