@@ -11,7 +11,7 @@ import pytest
 
 from kidwhisper.cli.main import main
 from kidwhisper.config import load_config
-from kidwhisper.training.experiments import (
+from kidwhisper.training.workflow import (
     collect_results,
     new_experiment,
     results_table,

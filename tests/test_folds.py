@@ -237,6 +237,25 @@ def test_cv_summary_maths_on_known_per_fold_figures(pool, tmp_path: Path):
     assert partial["by_age"]["5-7"] == {"mean": 0.3, "std": 0.0, "min": 0.3, "max": 0.3, "n": 1}
 
 
+def test_cv_of_a_soup_reports_one_run_beside_the_soup(pool, tmp_path: Path):
+    def soup_runner(config, overwrite: bool = False) -> dict:
+        fold = int(config.output.name.rsplit("fold", 1)[1])
+        runs = [{"wer": 0.1 * fold + d, "wer_by_age": {"5-7": 0.2 * fold + d}} for d in (0, 0.02)]
+        metrics = FakeRunner()(config, overwrite)  # the soup's own WER: 0.1 x fold
+        metrics["soup"] = {"members": runs}
+        Experiment(config).write_metrics(metrics)
+        return metrics
+
+    result = cv.run_cv(_config(tmp_path, pool), 3, runner=soup_runner)
+    fold = result["per_fold"][1]  # fold 2: runs 0.20 and 0.22, soup 0.20
+    assert math.isclose(fold["runs"]["wer"], 0.21) and math.isclose(fold["wer"], 0.2)
+    assert math.isclose(fold["runs"]["wer_by_age"]["5-7"], 0.41)
+    assert math.isclose(result["summary"]["runs"]["mean"], 0.21)
+    table = (tmp_path / "exp" / "mix-cv" / "cv.md").read_text()
+    assert "| one run (mean of the soup's seeds) | 21.00% ± 10.00% [11.00%–31.00%] |" in table
+    assert "| soup - one run (points) | -1.00 ± 0.00 | -1.00 | -1.00 | -1.00 |" in table
+
+
 def test_cv_cli_prints_the_table(pool, tmp_path: Path, capsys, monkeypatch):
     import kidwhisper.training.experiments as experiments
 

@@ -303,7 +303,8 @@ def test_trainable_parameter_counts(tiny_en_arch, rank, modules, freeze, expecte
 
 
 def test_an_experiment_records_parameter_counts_and_writes_a_plain_final_model(tmp_path):
-    from kidwhisper.training.experiments import collect_results, results_table, run_experiment
+    from kidwhisper.training.experiments import run_experiment
+    from kidwhisper.training.workflow import collect_results, results_table
 
     extra = [
         f"data.eval={QUICKSTART / 'dev.jsonl'}",

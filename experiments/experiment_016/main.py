@@ -1,5 +1,5 @@
 """Run this experiment: python -m experiments.experiment_016.main (or torchrun ... -m)."""
 
-from kidwhisper.training.experiments import run_folder
+from kidwhisper.training.workflow import run_folder
 
 run_folder(__file__)

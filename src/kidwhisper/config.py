@@ -159,6 +159,10 @@ class TrainingConfig:
     on_oom: Literal["fail", "halve"] = "fail"
     device: str = "auto"
     seed: int = 0
+    # A soup of seeds (training/experiments.py): one run per seed, `<name>-seed<S>`, then the
+    # uniform mean of their final models is this run's final model (training.seed unused).
+    # The runs share the start and the data, as weight averaging needs. Empty: one run.
+    soup_seeds: list[int] = field(default_factory=list)
     # Balanced sampling by age bucket (data/weighting.py): `none`, `inverse` (every bucket
     # equally often) or a mapping bucket -> weight (its share of drawn clips, e.g.
     # {5-7: 2, 8-11: 1}; entries without a bucket are `unknown`). Clips are then drawn with
@@ -328,6 +332,10 @@ def validate(config: Config, source: str, check_paths: bool = True) -> None:
              f"training.keep_checkpoints >= {config.training.average_last}, got "
              f"{config.training.keep_checkpoints}")  # fmt: skip
     _validate_weights(config, source)
+    seeds = config.training.soup_seeds
+    if seeds and (len(seeds) < 2 or len(set(seeds)) < len(seeds)):
+        fail(source, "training.soup_seeds", f"needs two or more different seeds, got {seeds} "
+             "(empty: one run with training.seed)")  # fmt: skip
     if config.data.guard_eval and not config.data.eval:
         fail(source, "data.guard_eval", "needs data.eval: the guard is reported beside it")
     if config.training.ema_decay and config.training.strategy == "fsdp":

@@ -257,7 +257,7 @@ def cmd_merge_lora(args: argparse.Namespace) -> int:
 
 
 def cmd_new_experiment(args: argparse.Namespace) -> int:
-    from kidwhisper.training.experiments import new_experiment
+    from kidwhisper.training.workflow import new_experiment
 
     folder = new_experiment(args.name, Path(args.root), args.source)
     module = None if folder.is_absolute() else ".".join(folder.parts)
@@ -270,7 +270,7 @@ def cmd_new_experiment(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from kidwhisper.training.experiments import collect_results, results_table, update_readme
+    from kidwhisper.training.workflow import collect_results, results_table, update_readme
 
     table = results_table(collect_results(Path(args.root)))
     update_readme(Path(args.readme), table)
@@ -280,7 +280,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
-    from kidwhisper.training.experiments import archive
+    from kidwhisper.training.workflow import archive
 
     print(f"archived to {archive(args.run, Path(args.checkpoints))}")
     return 0

@@ -26,6 +26,7 @@ import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
+from statistics import fmean
 
 from kidwhisper.config import Config, resolve_path, source_index, validate
 from kidwhisper.data.dataset import read_manifest
@@ -111,19 +112,29 @@ def fold_result(metrics: dict) -> dict:
     final = metrics.get("eval_average") or metrics.get("eval_after") or {}
     if "wer" not in final:
         raise CVError(f"{metrics.get('name')}: no final evaluation in metrics.json")
-    return {"wer": final["wer"], "wer_by_age": final.get("wer_by_age", {})}
+    result = {"wer": final["wer"], "wer_by_age": final.get("wer_by_age", {})}
+    if metrics.get("soup"):  # training.soup_seeds: what one run gives, beside the soup
+        runs = metrics["soup"]["members"]
+        buckets = {b for run in runs for b in run.get("wer_by_age", {})}
+        by_age = {b: fmean(run["wer_by_age"][b] for run in runs) for b in sorted(buckets)}
+        result["runs"] = {"wer": fmean(run["wer"] for run in runs), "wer_by_age": by_age}
+    return result
 
 
 def summarize(per_fold: list[dict]) -> dict:
-    """WER overall and per age bucket over folds (a bucket over the folds that have it)."""
+    """WER overall and per age bucket over folds (a bucket over the folds that have it);
+    for soups, `runs`: the same over each fold's mean of one run."""
     buckets = sorted({b for f in per_fold for b in f["wer_by_age"]})
-    return {
+    summary = {
         "overall": stats([f["wer"] for f in per_fold]),
         "by_age": {
             b: stats([f["wer_by_age"][b] for f in per_fold if b in f["wer_by_age"]])
             for b in buckets
         },
     }
+    if per_fold and all("runs" in f for f in per_fold):
+        summary["runs"] = stats([f["runs"]["wer"] for f in per_fold])
+    return summary
 
 
 def cell(s: dict) -> str:
@@ -148,6 +159,15 @@ def markdown(name: str, per_fold: list[dict], summary: dict) -> str:
     for label, s, value in rows:
         cells = " | ".join(percent(value(f)) for f in per_fold)
         lines.append(f"| {label} | {cell(s)} | {cells} |")
+    if "runs" in summary:  # soups: the mean of each fold's runs, and the soup's gain on it
+        runs = [f["runs"]["wer"] for f in per_fold]
+        cells = " | ".join(percent(v) for v in runs)
+        lines.append(f"| one run (mean of the soup's seeds) | {cell(summary['runs'])} | {cells} |")
+        gains = [f["wer"] - r for f, r in zip(per_fold, runs, strict=True)]
+        s = stats(gains)
+        cells = " | ".join(f"{100 * g:+.2f}" for g in gains)
+        lines.append(f"| soup - one run (points) | {100 * s['mean']:+.2f} ± "
+                     f"{100 * s['std']:.2f} | {cells} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -6,33 +6,31 @@ what ran; metrics.json holds the raw figures and results.md a readable summary.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
 import shutil
+import statistics
 import time
 from pathlib import Path
 
 import torch
-import yaml
 
-from kidwhisper.config import FULL, Config, dump_config, load_config
+from kidwhisper.config import Config, dump_config
 from kidwhisper.data.problems import DataProblems
 from kidwhisper.files import (
-    UnsafePathError,
     atomic_folder,
     atomic_write_text,
     check_plain_name,
     remove_owned,
 )
-from kidwhisper.inference.scoring import percent
 from kidwhisper.models.card import write_model_card
 from kidwhisper.training.checkpoint import code_version, looks_like_run
 from kidwhisper.training.results import (
     card_facts,
     plot_learning_curve,
     results_markdown,
-    trainable_share,
 )
 
 
@@ -107,9 +105,11 @@ def run_experiment(config: Config, overwrite: bool = False, resume: bool = False
     results.md after every evaluation (so a run that dies still leaves its figures), the dev
     predictions, and the final model in transformers layout under checkpoints/<name>/final.
     """
-    from kidwhisper.training.checkpoint import latest_checkpoint
+    from kidwhisper.training.checkpoint import checkpoint_step, latest_checkpoint
     from kidwhisper.training.loop import train
 
+    if config.training.soup_seeds:
+        return run_soup(config, overwrite, resume)
     experiment = Experiment(config)
     is_main = int(os.environ.get("RANK", "0")) == 0
     if resume and latest_checkpoint(experiment.checkpoint_dir) is None:
@@ -122,9 +122,9 @@ def run_experiment(config: Config, overwrite: bool = False, resume: bool = False
         averaged_from = write_final_model(experiment)
         recorder.metrics.update(model_dir=str(experiment.model_dir), finished=True)
         if averaged_from:
-            recorder.metrics["eval_average"] = evaluate_average(
-                config, experiment, averaged_from, recorder.device
-            )
+            steps = {"steps": [checkpoint_step(p) for p in averaged_from]}
+            figures = score_final_model(experiment, recorder.device, "average")
+            recorder.metrics["eval_average"] = steps | figures
         recorder(state)
         write_model_card(experiment.model_dir, card_facts(config, recorder.metrics))
     return recorder.metrics
@@ -187,180 +187,136 @@ def write_final_model(experiment: Experiment) -> list[Path]:
     """checkpoints/<name>/final: the last checkpoint's model, or the mean of the last K
     checkpoints' (training.average_last); returns the checkpoints averaged (none if one).
     The last step always ends with a checkpoint, so there is one to take."""
-    from kidwhisper.models.averaging import average_checkpoints
     from kidwhisper.training.checkpoint import checkpoints, latest_checkpoint
 
     config = experiment.config
     sources = checkpoints(experiment.checkpoint_dir)[-config.training.average_last :]
+    if len(sources) > 1:
+        write_average(experiment, sources)
+        return sources
     # final/ lies inside the run's own folder: replaced whole, once the new one is complete.
     with atomic_folder(experiment.model_dir, force=True) as tmp:
-        if len(sources) > 1:
-            average_checkpoints(sources, tmp, force=True)
-        else:
-            model = latest_checkpoint(experiment.checkpoint_dir) / "model"
-            shutil.copytree(model, tmp, dirs_exist_ok=True)
+        model = latest_checkpoint(experiment.checkpoint_dir) / "model"
+        shutil.copytree(model, tmp, dirs_exist_ok=True)
         (tmp / "kidwhisper.yaml").write_text(dump_config(config), encoding="utf-8")
-    return sources if len(sources) > 1 else []
+    return []
 
 
-def evaluate_average(config: Config, experiment: Experiment, sources: list, device) -> dict:
-    """Score the averaged final model on data.eval (and the guard set) as the run's own
-    evaluations are scored; its predictions go to predictions_average.jsonl."""
+def write_average(experiment: Experiment, sources: list[Path]) -> None:
+    """checkpoints/<name>/final as the uniform mean of `sources` (checkpoints or model
+    folders), with this run's resolved config."""
+    from kidwhisper.models.averaging import average_checkpoints
+
+    with atomic_folder(experiment.model_dir, force=True) as tmp:
+        average_checkpoints(sources, tmp, force=True)
+        (tmp / "kidwhisper.yaml").write_text(dump_config(experiment.config), encoding="utf-8")
+
+
+def score_final_model(experiment: Experiment, device, tag: str) -> dict:
+    """Score the final model on data.eval (and the guard set) as the run's own evaluations
+    are scored; its predictions go to predictions_<tag>.jsonl (guard_predictions_<tag>)."""
     from kidwhisper.data.dataset import load_utterances
     from kidwhisper.inference.evaluation import decoding_options, evaluate, save_predictions
     from kidwhisper.models.factory import load_model
-    from kidwhisper.training.checkpoint import checkpoint_step
 
+    config = experiment.config
     wm = load_model(str(experiment.model_dir))
     wm.model.to(device)
     ev, limit = config.evaluation, config.data.max_eval_samples
-    figures: dict = {"steps": [checkpoint_step(p) for p in sources]}
+    figures: dict = {}
     for prefix, manifest in (("", config.data.eval), ("guard_", config.data.guard_eval)):
         if manifest:
             utterances = load_utterances([manifest], limit)
             result = evaluate(wm, utterances, ev.batch_size, decoding_options(ev))
-            save_predictions(result, experiment.dir / f"{prefix}predictions_average.jsonl")
+            save_predictions(result, experiment.dir / f"{prefix}predictions_{tag}.jsonl")
             figures.update({f"{prefix}{k}": v for k, v in result.summary().items()})
     return figures
 
 
-# --- the seed's workflow: sequential folders, templates, a results table, archiving ---------
-
-TEMPLATES = "templates"
-RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
-MAIN_PY = '''"""Run this experiment: python -m experiments.{name}.main (or torchrun ... -m)."""
-
-from kidwhisper.training.experiments import run_folder
-
-run_folder(__file__)
-'''
+# --- a soup of seeds ------------------------------------------------------------------------
 
 
-def _number(folder: Path) -> int | None:
-    tail = folder.name.rsplit("_", 1)[-1]
-    return int(tail) if tail.isdigit() else None
+def soup_members(config: Config) -> list[Config]:
+    """One ordinary run per seed of training.soup_seeds, named `<name>-seed<S>`."""
+    members = []
+    for seed in config.training.soup_seeds:
+        member = copy.deepcopy(config)
+        member.training.seed, member.training.soup_seeds = seed, []
+        member.output.name = f"{config.output.name}-seed{seed}"
+        members.append(member)
+    return members
 
 
-def new_experiment(kind: str, root: Path, source: str | None = None) -> Path:
-    """Create `<root>/<kind>_<NNN>/` (the next number across all experiments) with the config
-    of `source` (an experiment name or a config file; default the template) and a main.py."""
-    check_plain_name(kind, "new-experiment NAME")
-    root.mkdir(parents=True, exist_ok=True)
-    numbers = [n for p in root.iterdir() if p.is_dir() and (n := _number(p)) is not None]
-    folder = root / f"{kind}_{max(numbers, default=0) + 1:03d}"
-    if source is None:
-        config_file = root / TEMPLATES / "config_template.yaml"
-    elif (root / source / "config.yaml").is_file():
-        config_file = root / source / "config.yaml"
-    else:
-        config_file = Path(source)
-    config = load_config(config_file, check_paths=False)
-    # Relative, so the folder can be committed and cloned; main.py sets it again anyway.
-    config.output.name, config.output.experiments_dir = folder.name, os.path.relpath(root)
-    folder.mkdir()
-    (folder / "config.yaml").write_text(dump_config(config), encoding="utf-8")
-    (folder / "main.py").write_text(MAIN_PY.format(name=folder.name), encoding="utf-8")
-    (folder / "__init__.py").touch()
-    if not (root / "__init__.py").exists():
-        (root / "__init__.py").touch()
-    return folder
-
-
-def run_folder(main_file: str, argv: list[str] | None = None) -> dict:
-    """Run the experiment whose folder holds `main_file` (what each main.py calls).
-    Extra command-line arguments are config overrides (`training.lr=2e-5`)."""
-    import logging
-    import sys
-
-    folder = Path(main_file).resolve().parent
-    overrides = sys.argv[1:] if argv is None else argv
-    overrides = [*overrides, f"output.name={folder.name}"]
-    overrides.append(f"output.experiments_dir={os.path.relpath(folder.parent)}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    return run_experiment(load_config(folder / "config.yaml", overrides))
-
-
-def collect_results(root: Path) -> list[dict]:
-    """One row per experiment with a metrics.json, in experiment order."""
-    rows = []
-    for path in sorted(root.glob("*/metrics.json"), key=lambda p: (_number(p.parent) or 0, p)):
-        m = json.loads(path.read_text())
-        before = _honest_before(path.parent, m.get("eval_before") or {})
-        after = m.get("eval_average") or m.get("eval_after") or {}  # the final model's
-        rows.append(
-            {
-                "name": path.parent.name,
-                "variant": m.get("variant"),
-                "steps": m.get("steps"),
-                "before": before.get("wer"),
-                "after": after.get("wer"),
-                "best": m.get("best_wer"),
-                "by_age": after.get("wer_by_age", {}),
-                "minutes": (m.get("wall_seconds") or 0) / 60,
-                "trainable": m.get("trainable_params"),
-                "total": m.get("total_params"),
-                "finished": m.get("finished", False),
-            }
+def _member_metrics(member: Config, overwrite: bool, resume: bool) -> dict:
+    """A member's figures: its finished run's (if it ran this very config), else it trains
+    (resuming from its checkpoint if it has one)."""
+    experiment = Experiment(member)
+    if overwrite or not experiment.finished():
+        return run_experiment(member, overwrite=overwrite, resume=resume)
+    saved = (experiment.dir / "config.yaml").read_text(encoding="utf-8")
+    if saved != dump_config(member):
+        raise ExperimentExistsError(
+            f"{experiment.dir} holds a finished run of another config than this soup's "
+            "member: pass --overwrite to retrain it, or pick another output.name"
         )
-    return rows
+    return experiment.read_metrics()
 
 
-def _honest_before(folder: Path, before: dict) -> dict:
-    """The "before" evaluation only if it scored the starting model in the window it was
-    trained in (30 s for Whisper's own weights). Runs before that rule recorded no context:
-    their figure counts only if the whole run used 30 s windows; else it is left out (n/a)."""
-    if "audio_context" in before:
-        return before
-    try:
-        saved = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
-    return before if (saved.get("model") or {}).get("audio_context") == FULL else {}
+def run_soup(config: Config, overwrite: bool = False, resume: bool = False) -> dict:
+    """training.soup_seeds: train one run per seed (a finished one is kept, an unfinished
+    one resumes), then average their final models into this run's final model and score it.
+    metrics.json: `eval_after` is the soup's evaluation, `soup` each run's and their mean."""
+    from kidwhisper.training.checkpoint import latest_checkpoint
+
+    experiment, members = Experiment(config), soup_members(config)
+    folders = [Experiment(m) for m in members]
+    if resume and not any(latest_checkpoint(f.checkpoint_dir) or f.finished() for f in folders):
+        raise FileNotFoundError(f"--resume: no run of the soup {experiment.name} to resume")
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if is_main:
+        experiment.create(overwrite)
+    recorder = Recorder(experiment)
+    # --resume insists on a checkpoint: only the first run not yet finished can have one.
+    pending = [overwrite or not f.finished() for f in folders]
+    first = pending.index(True) if any(pending) else -1
+    runs = [_member_metrics(m, overwrite, resume and i == first) for i, m in enumerate(members)]
+    if not is_main:
+        return recorder.metrics
+    write_average(experiment, [f.model_dir for f in folders])
+    after = score_final_model(experiment, recorder.device, "soup")
+    recorder.metrics.update(soup_figures(config, runs, after))
+    recorder.metrics.update(wall_seconds=time.perf_counter() - recorder.start, finished=True)
+    experiment.write_metrics(recorder.metrics)
+    experiment.write_results(recorder.metrics)
+    write_model_card(experiment.model_dir, card_facts(config, recorder.metrics))
+    return recorder.metrics
 
 
-def results_table(rows: list[dict]) -> str:
-    lines = [
-        "| experiment | variant | steps | WER before | WER after | best | WER by age (after) | "
-        "minutes | trainable params |",
-        "|---|---|---|---|---|---|---|---|---|",
+def soup_figures(config: Config, runs: list[dict], after: dict) -> dict:
+    """The soup's metrics from its runs' metrics and its own evaluation `after`."""
+    finals = [run.get("eval_average") or run.get("eval_after") or {} for run in runs]
+    members = [
+        {"name": run["name"], "seed": seed, "steps": run.get("steps"), **final}
+        for run, seed, final in zip(runs, config.training.soup_seeds, finals, strict=True)
     ]
-    for r in rows:
-        ages = ", ".join(f"{k}: {percent(v)}" for k, v in sorted(r["by_age"].items()))
-        status = "" if r["finished"] else " (unfinished)"
-        lines.append(
-            f"| {r['name']}{status} | {r['variant']} | {r['steps']} | {percent(r['before'])} | "
-            f"{percent(r['after'])} | {percent(r['best'])} | {ages} | {r['minutes']:.1f} | "
-            f"{trainable_share(r['trainable'], r['total'])} |"
-        )
-    return "\n".join(lines)
+    wers = [m["wer"] for m in members if m.get("wer") is not None]
+    first = runs[0]
+    return {
+        "eval_before": first.get("eval_before"),
+        "eval_after": after or None,
+        "soup": {
+            "seeds": config.training.soup_seeds,
+            "members": members,
+            "mean_wer": statistics.fmean(wers) if wers else None,
+        },
+        "model_dir": str(Experiment(config).model_dir),
+        "steps": sum(run.get("steps") or 0 for run in runs),
+        "samples": sum(run.get("samples") or 0 for run in runs),
+        "train_seconds": sum(run.get("train_seconds") or 0 for run in runs),
+        "peak_memory_mb": max(run.get("peak_memory_mb") or 0 for run in runs),
+        **{key: first.get(key) for key in SHARED_FIGURES},
+    }
 
 
-def update_readme(readme: Path, table: str) -> None:
-    """Replace the text between the results markers of `readme` (appending them if absent)."""
-    text = readme.read_text(encoding="utf-8") if readme.exists() else ""
-    block = f"{RESULTS_START}\n{table}\n{RESULTS_END}"
-    if RESULTS_START in text and RESULTS_END in text:
-        head, rest = text.split(RESULTS_START, 1)
-        text = head + block + rest.split(RESULTS_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n## Latest results\n\n" + block + "\n"
-    atomic_write_text(readme, text)
-
-
-def archive(name: str, checkpoints_root: Path) -> Path:
-    """Move `checkpoints/<name>` (weights, TensorBoard logs) to `checkpoints/archived/<name>`."""
-    check_plain_name(name, "archive RUN")
-    source = checkpoints_root / name
-    target = checkpoints_root / "archived" / name
-    if not source.is_dir() or source.is_symlink():
-        raise FileNotFoundError(f"{source}: no such run to archive")
-    if name == "archived" or not looks_like_run(source):
-        raise UnsafePathError(
-            f"{source}: not a run folder (no checkpoints, final model or TensorBoard logs); "
-            "not moved"
-        )
-    if target.exists():
-        raise FileExistsError(f"{target} already exists: rename or remove it first")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(source), str(target))
-    return target
+# The same in every run of a soup (one data set, one model).
+SHARED_FIGURES = ("train_utterances", "trainable_params", "total_params", "bad_data_summary")

@@ -80,6 +80,19 @@ def _wer_table(before: dict, after: dict, average: dict | None) -> list[str]:
     return lines
 
 
+def _soup_lines(soup: dict | None) -> list[str]:
+    """The runs a soup averaged, each scored alone ("after" above is the soup's)."""
+    if not soup:
+        return []
+    lines = ["", "## The runs averaged (training.soup_seeds)", "",
+             "| run | seed | steps | WER | guard set |", "|---|---|---|---|---|"]  # fmt: skip
+    for m in soup["members"]:
+        lines.append(f"| {m['name']} | {m['seed']} | {m['steps']} | {percent(m.get('wer'))} "
+                     f"| {percent(m.get('guard_wer'))} |")  # fmt: skip
+    lines.append(f"| mean of the runs | | | {percent(soup['mean_wer'])} | |")
+    return lines
+
+
 def results_markdown(name: str, config: Config, metrics: dict) -> str:
     """A human summary of a run: setup, WER before/after (overall and per age bucket)."""
     before, after = metrics.get("eval_before") or {}, metrics.get("eval_after") or {}
@@ -107,6 +120,7 @@ def results_markdown(name: str, config: Config, metrics: dict) -> str:
         "## WER (competition normaliser, corpus WER)",
         "",
         *_wer_table(before, after, metrics.get("eval_average")),
+        *_soup_lines(metrics.get("soup")),
     ]
     curve = metrics.get("loss_curve", [])
     if curve:
@@ -134,6 +148,13 @@ def card_facts(config: Config, metrics: dict) -> CardFacts:
     )
     if metrics.get("eval_average"):
         origin += f" The mean of the checkpoints of steps {metrics['eval_average']['steps']}."
+    if metrics.get("soup"):
+        runs = ", ".join(f"`{m['name']}`" for m in metrics["soup"]["members"])
+        origin = (
+            f"The mean of the final models of {len(metrics['soup']['members'])} runs of "
+            f"`kidwhisper train` with different seeds ({runs}; {metrics.get('steps')} steps "
+            f"in all), each fine-tuned from `{config.pretrained}`."
+        )
     counts = {
         "training manifests": ", ".join(f"`{p}`" for p in config.data.train),
         "training utterances (after screening)": metrics.get("train_utterances"),
