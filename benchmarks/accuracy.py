@@ -7,7 +7,8 @@ folds' speakers and are scored on the fold's own: the plain side is the Hugging 
 recipe (`Seq2SeqTrainer`, clips padded to 30 s; benchmarks/train_throughput.py's
 `train_plain`, one seed), decoded at 30 s; the kidwhisper side is the config (default
 configs/kids_recommended.yaml, its extra data.train manifests training every fold, as
-`kidwhisper cv` does) over several seeds. Both are scored by kidwhisper's evaluation
+`kidwhisper cv` does) over several seeds (a config with training.soup_seeds: one soup a
+fold, reported beside the mean of its runs). Both are scored by kidwhisper's evaluation
 (competition normaliser, decoding guards): the plain side greedy, as the recipe's
 `generate` decodes, the kidwhisper side as its config's evaluation block says (beam 5 in
 kids_recommended.yaml). The table gives WER overall and per age
@@ -132,19 +133,23 @@ def run_plain(args: argparse.Namespace, folder: Path, out: Path) -> dict:
             "wall_seconds": time.perf_counter() - start}  # fmt: skip
 
 
-def run_kidwhisper(args: argparse.Namespace, fold_config, seed: int, out: Path) -> dict:
+def run_kidwhisper(args: argparse.Namespace, fold_config, seed: int | None, out: Path) -> dict:
+    """One kidwhisper run on a fold (`seed` None: a soup config, its seeds as it says)."""
     config = copy.deepcopy(fold_config)
-    config.training.seed = seed
+    if seed is not None:
+        config.training.seed = seed
+        config.output.name = f"{fold_config.output.name}-seed{seed}"
     config.data.guard_eval = None  # the benchmark compares dev WER; the guard costs time
     config.evaluation.before_training = False
-    config.output.name = f"{fold_config.output.name}-seed{seed}"
     config.output.experiments_dir = str(out / "experiments")
     config.output.checkpoints_dir = str(out / "checkpoints")
     start = time.perf_counter()
     metrics = run_experiment(config, overwrite=True)
     final = metrics.get("eval_average") or metrics["eval_after"]
+    runs = [{"wer": m["wer"], "wer_by_age": m["wer_by_age"], "wall_seconds": 0.0}
+            for m in metrics.get("soup", {}).get("members", [])]  # fmt: skip
     return {"wer": final["wer"], "wer_by_age": final["wer_by_age"],
-            "train_seconds": metrics["train_seconds"],
+            "train_seconds": metrics["train_seconds"], **({"runs": runs} if runs else {}),
             "wall_seconds": time.perf_counter() - start}  # fmt: skip
 
 
@@ -213,6 +218,18 @@ def repo_relative(path: Path) -> str:
     return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(path)
 
 
+def soup_fold(args: argparse.Namespace, fold_config, path: Path, run) -> dict | None:
+    """A soup config's figures on a fold: the soup's WER, with its runs' seed spread and
+    their mean (`one_run`: what one run of the config gives)."""
+    settings = {"config": repo_relative(args.config), "set": args.set,
+                "soup_seeds": fold_config.training.soup_seeds, "quick": args.quick}  # fmt: skip
+    soup = fold_result(path, settings, run)
+    if soup is None:
+        return None
+    one_run = {**mean_over_seeds(soup["runs"]), "wall_seconds": soup["wall_seconds"]}
+    return {**soup, "seed_spread": one_run["seed_spread"], "one_run": one_run}
+
+
 def run_folds(args: argparse.Namespace, configs: list, out: Path) -> tuple[dict, dict]:
     """Every fold's plain and kidwhisper figures ({fold: figures}), run here for the folds
     in --only-folds and read back from --results-dir for the others when present."""
@@ -227,6 +244,11 @@ def run_folds(args: argparse.Namespace, configs: list, out: Path) -> tuple[dict,
             found = fold_result(results / f"plain-fold{i}.json", plain_settings, compute)
             plain.update({i: found} if found else {})
         if args.skip_kidwhisper:
+            continue
+        if fold_config.training.soup_seeds:  # one soup a fold; its runs are the seeds
+            run = partial(run_kidwhisper, args, fold_config, None, out) if here else None
+            soup = soup_fold(args, fold_config, results / f"kidwhisper-fold{i}-soup.json", run)
+            ours.update({i: soup} if soup else {})
             continue
         runs = []
         for seed in args.seeds:
@@ -256,7 +278,14 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{args.folds} speaker folds of {', '.join(map(str, args.pool))}; out {out}")
     plain, ours = run_folds(args, configs, out)
     rows = [row(f"plain {args.variant}", list(plain.values()), 1)] if plain else []
-    if ours:
+    soup = config.training.soup_seeds
+    if ours and soup:
+        one_run = [f["one_run"] for f in ours.values()]
+        rows.append(row(f"kidwhisper {args.config.name}, one run (mean of its seeds)", one_run,
+                        len(soup)))  # fmt: skip
+        rows.append(row(f"kidwhisper {args.config.name}: the soup of its {len(soup)} seeds",
+                        list(ours.values()), len(soup)))  # fmt: skip
+    elif ours:
         rows.append(row(f"kidwhisper {args.config.name}", list(ours.values()), len(args.seeds)))
     print()
     print(f"folds with figures: plain {sorted(plain)}, kidwhisper {sorted(ours)}")
