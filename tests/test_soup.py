@@ -109,3 +109,9 @@ def test_a_member_trained_with_another_config_is_refused(tmp_path):
 def test_a_soup_needs_two_different_seeds(tmp_path, seeds):
     with pytest.raises(ConfigError, match=r"training.soup_seeds.*two or more different seeds"):
         _config(tmp_path, f"training.soup_seeds={seeds}")
+
+
+def test_a_seed_a_soup_would_not_use_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"training.seed.*not used by a soup.*soup_seeds=\[\]"):
+        _config(tmp_path, "training.seed=1")
+    assert _config(tmp_path, "training.seed=1", "training.soup_seeds=[]").training.seed == 1

@@ -336,6 +336,10 @@ def validate(config: Config, source: str, check_paths: bool = True) -> None:
     if seeds and (len(seeds) < 2 or len(set(seeds)) < len(seeds)):
         fail(source, "training.soup_seeds", f"needs two or more different seeds, got {seeds} "
              "(empty: one run with training.seed)")  # fmt: skip
+    if seeds and config.training.seed != 0:
+        fail(source, "training.seed", f"{config.training.seed} is not used by a soup "
+             f"(training.soup_seeds is {seeds}): set the soup's seeds, or training.soup_seeds=[] "
+             "for one run with this seed")  # fmt: skip
     if config.data.guard_eval and not config.data.eval:
         fail(source, "data.guard_eval", "needs data.eval: the guard is reported beside it")
     if config.training.ema_decay and config.training.strategy == "fsdp":
