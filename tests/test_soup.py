@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from kidwhisper.cli.main import main
 from kidwhisper.config import ConfigError, load_config
 from kidwhisper.training.experiments import ExperimentExistsError, run_experiment
 
@@ -115,3 +116,13 @@ def test_a_seed_a_soup_would_not_use_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"training.seed.*not used by a soup.*soup_seeds=\[\]"):
         _config(tmp_path, "training.seed=1")
     assert _config(tmp_path, "training.seed=1", "training.soup_seeds=[]").training.seed == 1
+
+
+def test_train_prints_the_soup_and_its_runs(tmp_path, capsys):
+    args = ["train", str(REPO / "configs/quickstart.yaml"), *_overrides(tmp_path)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    saved = json.loads((tmp_path / "exp" / "soup" / "metrics.json").read_text())
+    runs = saved["soup"]["members"]
+    assert f"fine-tuned WER: {100 * saved['eval_after']['wer']:.2f}%" in out
+    assert f"the final model is the soup of 2 runs (seed 3 {100 * runs[0]['wer']:.2f}%" in out
