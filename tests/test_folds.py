@@ -242,7 +242,7 @@ def test_cv_of_a_soup_reports_one_run_beside_the_soup(pool, tmp_path: Path):
         fold = int(config.output.name.rsplit("fold", 1)[1])
         runs = [{"wer": 0.1 * fold + d, "wer_by_age": {"5-7": 0.2 * fold + d}} for d in (0, 0.02)]
         metrics = FakeRunner()(config, overwrite)  # the soup's own WER: 0.1 x fold
-        metrics["soup"] = {"members": runs}
+        metrics["soup"] = {"members": runs, "mean_wer": sum(r["wer"] for r in runs) / 2}
         Experiment(config).write_metrics(metrics)
         return metrics
 
@@ -251,6 +251,7 @@ def test_cv_of_a_soup_reports_one_run_beside_the_soup(pool, tmp_path: Path):
     assert math.isclose(fold["runs"]["wer"], 0.21) and math.isclose(fold["wer"], 0.2)
     assert math.isclose(fold["runs"]["wer_by_age"]["5-7"], 0.41)
     assert math.isclose(result["summary"]["runs"]["mean"], 0.21)
+    assert math.isclose(result["summary"]["soup_minus_run"]["mean"], -0.01)
     table = (tmp_path / "exp" / "mix-cv" / "cv.md").read_text()
     assert "| one run (mean of the soup's seeds) | 21.00% ± 10.00% [11.00%–31.00%] |" in table
     assert "| soup - one run (points) | -1.00 ± 0.00 | -1.00 | -1.00 | -1.00 |" in table

@@ -117,7 +117,7 @@ def fold_result(metrics: dict) -> dict:
         runs = metrics["soup"]["members"]
         buckets = {b for run in runs for b in run.get("wer_by_age", {})}
         by_age = {b: fmean(run["wer_by_age"][b] for run in runs) for b in sorted(buckets)}
-        result["runs"] = {"wer": fmean(run["wer"] for run in runs), "wer_by_age": by_age}
+        result["runs"] = {"wer": metrics["soup"]["mean_wer"], "wer_by_age": by_age}
     return result
 
 
@@ -134,6 +134,7 @@ def summarize(per_fold: list[dict]) -> dict:
     }
     if per_fold and all("runs" in f for f in per_fold):
         summary["runs"] = stats([f["runs"]["wer"] for f in per_fold])
+        summary["soup_minus_run"] = stats([f["wer"] - f["runs"]["wer"] for f in per_fold])
     return summary
 
 
@@ -163,9 +164,8 @@ def markdown(name: str, per_fold: list[dict], summary: dict) -> str:
         runs = [f["runs"]["wer"] for f in per_fold]
         cells = " | ".join(percent(v) for v in runs)
         lines.append(f"| one run (mean of the soup's seeds) | {cell(summary['runs'])} | {cells} |")
-        gains = [f["wer"] - r for f, r in zip(per_fold, runs, strict=True)]
-        s = stats(gains)
-        cells = " | ".join(f"{100 * g:+.2f}" for g in gains)
+        s = summary["soup_minus_run"]
+        cells = " | ".join(f"{100 * (f['wer'] - f['runs']['wer']):+.2f}" for f in per_fold)
         lines.append(f"| soup - one run (points) | {100 * s['mean']:+.2f} ± "
                      f"{100 * s['std']:.2f} | {cells} |")  # fmt: skip
     return "\n".join(lines) + "\n"

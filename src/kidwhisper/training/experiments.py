@@ -247,14 +247,10 @@ def soup_members(config: Config) -> list[Config]:
     return members
 
 
-def _member_metrics(member: Config, overwrite: bool, resume: bool) -> dict:
-    """A member's figures: its finished run's (if it ran this very config), else it trains
-    (resuming from its checkpoint if it has one)."""
-    experiment = Experiment(member)
-    if overwrite or not experiment.finished():
-        return run_experiment(member, overwrite=overwrite, resume=resume)
+def _finished_metrics(experiment: Experiment) -> dict:
+    """A finished soup run's figures, if it ran this very config (else it is refused)."""
     saved = (experiment.dir / "config.yaml").read_text(encoding="utf-8")
-    if saved != dump_config(member):
+    if saved != dump_config(experiment.config):
         raise ExperimentExistsError(
             f"{experiment.dir} holds a finished run of another config than this soup's "
             "member: pass --overwrite to retrain it, or pick another output.name"
@@ -276,16 +272,22 @@ def run_soup(config: Config, overwrite: bool = False, resume: bool = False) -> d
     if is_main:
         experiment.create(overwrite)
     recorder = Recorder(experiment)
-    # --resume insists on a checkpoint: only the first run not yet finished can have one.
-    pending = [overwrite or not f.finished() for f in folders]
-    first = pending.index(True) if any(pending) else -1
-    runs = [_member_metrics(m, overwrite, resume and i == first) for i, m in enumerate(members)]
+    runs, started = [], False
+    for member, folder in zip(members, folders, strict=True):
+        if overwrite or not folder.finished():  # an unfinished run resumes by itself
+            # --resume insists on a checkpoint: only the first run not yet finished has one.
+            runs.append(run_experiment(member, overwrite, resume and not started))
+            started = True
+        else:
+            runs.append(_finished_metrics(folder))
     if not is_main:
         return recorder.metrics
     write_average(experiment, [f.model_dir for f in folders])
     after = score_final_model(experiment, recorder.device, "soup")
     recorder.metrics.update(soup_figures(config, runs, after))
-    recorder.metrics.update(wall_seconds=time.perf_counter() - recorder.start, finished=True)
+    wall_seconds = time.perf_counter() - recorder.start
+    recorder.metrics.update(model_dir=str(experiment.model_dir), wall_seconds=wall_seconds)
+    recorder.metrics["finished"] = True
     experiment.write_metrics(recorder.metrics)
     experiment.write_results(recorder.metrics)
     write_model_card(experiment.model_dir, card_facts(config, recorder.metrics))
@@ -309,7 +311,6 @@ def soup_figures(config: Config, runs: list[dict], after: dict) -> dict:
             "members": members,
             "mean_wer": statistics.fmean(wers) if wers else None,
         },
-        "model_dir": str(Experiment(config).model_dir),
         "steps": sum(run.get("steps") or 0 for run in runs),
         "samples": sum(run.get("samples") or 0 for run in runs),
         "train_seconds": sum(run.get("train_seconds") or 0 for run in runs),
