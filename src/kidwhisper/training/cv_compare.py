@@ -11,7 +11,9 @@ Unfinished folds are left out (a run stopped early is compared on the folds both
 Either side may be several runs of one config on the same folds, other training seeds
 (`cv-recommended,cv-recommended-s1`): each fold's figure is then their mean, over the folds
 every run of that side finished, so that the fold-by-fold difference carries less of the
-seed noise that one run per fold leaves in it.
+seed noise that one run per fold leaves in it. A soup's runs are named by their seed
+(`cv-soup-seed0`, the run `cv-soup-cv-fold<i>-seed0` of each fold), so that a single run
+can be paired with one run of a soup, not with the soup: `cv-soup-seed0,cv-soup-seed1`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from kidwhisper.training.cv import CVError, fold_result, stats
 
 YOUNGEST = "5-7"  # the bucket a lever must not make worse
 _FOLD = re.compile(r"-cv-fold(\d+)$")
+_SOUP_RUN = re.compile(r"^(.+)-seed(\d+)$")  # one run of a soup: `<soup name>-seed<S>`
 
 
 def cv_name(name: str) -> str:
@@ -35,19 +38,42 @@ def cv_name(name: str) -> str:
     return base[: -len("-cv")] if base.endswith("-cv") else base
 
 
+def _fold_metrics(experiments_dir: Path, name: str) -> dict[int, Path]:
+    """Fold number -> metrics.json of `name`'s fold experiments: its own folds, or, for
+    `<soup>-seed<S>` with none of its own, the soup's run of seed S in each fold."""
+    pattern, fold = f"{name}-cv-fold*", _FOLD
+    run = _SOUP_RUN.match(name)
+    if run and not any(experiments_dir.glob(f"{pattern}/metrics.json")):
+        soup, seed = run.groups()
+        pattern, fold = f"{soup}-cv-fold*-seed{seed}", re.compile(rf"-cv-fold(\d+)-seed{seed}$")
+    found = {}
+    for path in sorted(experiments_dir.glob(f"{pattern}/metrics.json")):
+        match = fold.search(path.parent.name)
+        if match:
+            found[int(match.group(1))] = path
+    return found
+
+
+def _fold_source(name: str, experiments_dir: Path) -> str:
+    """The cv whose folds.json `name`'s folds are: the soup's, for one of its runs."""
+    run = _SOUP_RUN.match(name)
+    if run and not (experiments_dir / f"{name}-cv").is_dir():
+        return run.group(1)
+    return name
+
+
 def finished_folds(experiments_dir: Path, name: str) -> dict[int, dict]:
     """Fold number -> its final model's figures, for every finished fold of `name`."""
     folds = {}
-    for path in sorted(experiments_dir.glob(f"{name}-cv-fold*/metrics.json")):
-        match = _FOLD.search(path.parent.name)
+    for i, path in _fold_metrics(experiments_dir, name).items():
         metrics = json.loads(path.read_text(encoding="utf-8"))
-        if match and metrics.get("finished"):
-            folds[int(match.group(1))] = fold_result(metrics)
+        if metrics.get("finished"):
+            folds[i] = fold_result(metrics)
     return folds
 
 
 def _held_out(experiments_dir: Path, name: str) -> dict | None:
-    path = experiments_dir / f"{name}-cv" / "folds" / SUMMARY
+    path = experiments_dir / f"{_fold_source(name, experiments_dir)}-cv" / "folds" / SUMMARY
     return json.loads(path.read_text(encoding="utf-8")).get("speakers") if path.is_file() else None
 
 
