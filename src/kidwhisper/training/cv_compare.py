@@ -38,13 +38,22 @@ def cv_name(name: str) -> str:
     return base[: -len("-cv")] if base.endswith("-cv") else base
 
 
-def _fold_metrics(experiments_dir: Path, name: str) -> dict[int, Path]:
-    """Fold number -> metrics.json of `name`'s fold experiments: its own folds, or, for
-    `<soup>-seed<S>` with none of its own, the soup's run of seed S in each fold."""
-    pattern, fold = f"{name}-cv-fold*", _FOLD
+def _soup_run(experiments_dir: Path, name: str) -> tuple[str, str] | None:
+    """(soup, seed) when `name` is `<soup>-seed<S>` and no cv of that name exists (neither
+    its `-cv` folder nor a fold): one run of the soup, not a cv of its own."""
     run = _SOUP_RUN.match(name)
-    if run and not any(experiments_dir.glob(f"{pattern}/metrics.json")):
-        soup, seed = run.groups()
+    if run and not any(experiments_dir.glob(f"{name}-cv*")):
+        return run.group(1), run.group(2)
+    return None
+
+
+def _fold_metrics(experiments_dir: Path, name: str) -> dict[int, Path]:
+    """Fold number -> metrics.json of `name`'s fold experiments: its own folds, or, for one
+    run of a soup, the soup's run of that seed in each fold."""
+    pattern, fold = f"{name}-cv-fold*", _FOLD
+    run = _soup_run(experiments_dir, name)
+    if run:
+        soup, seed = run
         pattern, fold = f"{soup}-cv-fold*-seed{seed}", re.compile(rf"-cv-fold(\d+)-seed{seed}$")
     found = {}
     for path in sorted(experiments_dir.glob(f"{pattern}/metrics.json")):
@@ -52,14 +61,6 @@ def _fold_metrics(experiments_dir: Path, name: str) -> dict[int, Path]:
         if match:
             found[int(match.group(1))] = path
     return found
-
-
-def _fold_source(name: str, experiments_dir: Path) -> str:
-    """The cv whose folds.json `name`'s folds are: the soup's, for one of its runs."""
-    run = _SOUP_RUN.match(name)
-    if run and not (experiments_dir / f"{name}-cv").is_dir():
-        return run.group(1)
-    return name
 
 
 def finished_folds(experiments_dir: Path, name: str) -> dict[int, dict]:
@@ -73,7 +74,8 @@ def finished_folds(experiments_dir: Path, name: str) -> dict[int, dict]:
 
 
 def _held_out(experiments_dir: Path, name: str) -> dict | None:
-    path = experiments_dir / f"{_fold_source(name, experiments_dir)}-cv" / "folds" / SUMMARY
+    run = _soup_run(experiments_dir, name)
+    path = experiments_dir / f"{run[0] if run else name}-cv" / "folds" / SUMMARY
     return json.loads(path.read_text(encoding="utf-8")).get("speakers") if path.is_file() else None
 
 
