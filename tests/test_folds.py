@@ -17,7 +17,7 @@ from kidwhisper.data.dataset import read_manifest
 from kidwhisper.inference.curation import speaker
 from kidwhisper.inference.folds import assign_folds, fold_dir, write_folds
 from kidwhisper.training import cv
-from kidwhisper.training.experiments import Experiment
+from kidwhisper.training.experiments import Experiment, regrows
 
 from .conftest import SO762, needs_shared
 
@@ -146,7 +146,8 @@ class FakeRunner:
         self.configs.append(config)
         fold = int(config.output.name.rsplit("fold", 1)[1])
         wer = {"wer": 0.1 * fold, "wer_by_age": {"5-7": 0.2 * fold, "8-11": 0.05 * fold}}
-        experiment = Experiment(config).create(overwrite)
+        experiment = Experiment(config)  # a soup of other seeds is redone, as run_soup does
+        experiment.create(overwrite or regrows(experiment))
         metrics = {"name": config.output.name, "finished": True, "eval_after": wer}
         experiment.write_metrics(metrics)
         return metrics
@@ -192,6 +193,30 @@ def test_cv_resumes_skipping_finished_folds_and_refuses_changed_folds(pool, tmp_
     assert (tmp_path / "exp" / "mix-cv" / "cv.md").is_file()
 
 
+def test_cv_stops_at_a_finished_fold_of_another_config(pool, tmp_path: Path):
+    """Skipping it would report that config's figures as this one's."""
+    cv.run_cv(_config(tmp_path, pool), 3, runner=FakeRunner())
+    again = FakeRunner()
+    with pytest.raises(cv.CVError, match=r"mix-cv-fold1: fold 1 finished with another config "
+                       r"\(training.lr differ\): pass --overwrite"):  # fmt: skip
+        cv.run_cv(_config(tmp_path, pool, "training.lr=1e-4"), 3, runner=again)
+    assert again.ran == []
+    result = cv.run_cv(_config(tmp_path, pool, "training.lr=1e-4"), 3, runner=again,
+                       overwrite=True)  # fmt: skip
+    assert len(again.ran) == 3 and result["summary"]["overall"]["n"] == 3
+
+
+def test_cv_of_a_soup_with_other_seeds_redoes_its_folds_and_reports_only_those(pool, tmp_path):
+    cv.run_cv(_config(tmp_path, pool, "training.soup_seeds=[0,1]"), 3, runner=FakeRunner())
+    grown, more = FakeRunner(), _config(tmp_path, pool, "training.soup_seeds=[0,1,2]")
+    result = cv.run_cv(more, 3, runner=grown, only=[1])
+    assert grown.ran == ["mix-cv-fold1"]  # folds 2 and 3 are another process's
+    assert [f["fold"] for f in result["per_fold"]] == [1]  # still the soups of 2: left out
+    result = cv.run_cv(more, 3, runner=grown)
+    assert grown.ran == ["mix-cv-fold1", "mix-cv-fold2", "mix-cv-fold3"]
+    assert result["summary"]["overall"]["n"] == 3
+
+
 def test_cv_only_folds_runs_those_and_summarises_every_finished_one(pool, tmp_path: Path):
     """Two processes can share one cross-validation: each runs its folds, and the summary
     holds whatever has finished."""
@@ -201,6 +226,8 @@ def test_cv_only_folds_runs_those_and_summarises_every_finished_one(pool, tmp_pa
     def here_and_there(fold_config, overwrite=False):
         there = copy.deepcopy(fold_config)
         there.output.name = fold_config.output.name.replace("fold1", "fold3")
+        there.data.train = [p.replace("fold_1", "fold_3") for p in fold_config.data.train]
+        there.data.eval = fold_config.data.eval.replace("fold_1", "fold_3")
         other(there)
         return FakeRunner()(fold_config)
 

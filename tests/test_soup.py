@@ -97,6 +97,23 @@ def test_a_finished_soup_is_kept_and_an_interrupted_one_reuses_its_finished_runs
     assert again["soup"] == metrics["soup"]
 
 
+def test_a_soup_asked_for_with_more_seeds_keeps_its_runs_and_redoes_its_average(tmp_path):
+    first = run_experiment(_config(tmp_path))
+    member = tmp_path / "ckpt" / "soup-seed3" / "final" / WEIGHTS
+    before = member.stat().st_mtime_ns
+    grown = run_experiment(_config(tmp_path, "training.soup_seeds=[3,4,5]"))
+    assert member.stat().st_mtime_ns == before  # seeds 3 and 4 were not trained again
+    assert [m["seed"] for m in grown["soup"]["members"]] == [3, 4, 5]
+    assert grown["soup"]["members"][:2] == first["soup"]["members"]
+    soup = load_file(tmp_path / "ckpt" / "soup" / "final" / WEIGHTS)
+    runs = [load_file(tmp_path / "ckpt" / f"soup-seed{s}" / "final" / WEIGHTS) for s in (3, 4, 5)]
+    for name, tensor in soup.items():  # float32 results of a float64 mean, as above
+        mean = sum(run[name].double() for run in runs) / 3
+        torch.testing.assert_close(tensor.double(), mean, rtol=2**-23, atol=1e-12)
+    with pytest.raises(ExperimentExistsError, match="--overwrite"):  # the same soup again
+        run_experiment(_config(tmp_path, "training.soup_seeds=[3,4,5]"))
+
+
 def test_a_member_trained_with_another_config_is_refused(tmp_path):
     run_experiment(_config(tmp_path, "training.soup_seeds=[]", "output.name=soup-seed3",
                            "training.seed=3", "training.lr=5e-4"))  # fmt: skip

@@ -80,8 +80,11 @@ def test_overwrite_removes_only_a_run_folder_it_wrote(planted):
     (foreign / "notes.txt").unlink()
     (foreign / "step_0000002").mkdir()
     (foreign / "latest").write_text("step_0000002\n")
+    experiment.write_metrics({"finished": True})
     experiment.create(overwrite=True)
     assert not foreign.exists()
+    # Its figures go too: a replacement that dies must not pass for the finished run.
+    assert not experiment.finished() and (experiment.dir / "config.yaml").is_file()
     _survived(planted)
 
 

@@ -10,8 +10,10 @@ keep their manifests. Before a fold runs, its held-out speakers are checked agai
 training manifest: none of them may be trained on.
 
 A finished fold is not run again (an unfinished one resumes from its checkpoint), so the
-same command continues a cross-validation; `--only-folds` runs some folds only, so that
-several processes can share one. The folds are recorded in
+same command continues a cross-validation. A finished fold of another config stops it,
+except a soup asked for with other seeds: its finished runs are kept, the missing ones
+trained and the average redone. `--only-folds` runs some folds only, so that several
+processes can share one. The folds are recorded in
 `<experiments>/<name>-cv/folds/folds.json`; if the same command would now make different
 folds (another seed, K or data) while fold experiments exist, it stops unless --overwrite.
 At the end, cv.json and cv.md report WER overall and per age bucket as mean ± standard
@@ -221,17 +223,37 @@ def run_cv(
     for i, fold in enumerate(fold_configs(config, out / "folds", k, pooled), 1):
         check_disjoint(fold)
         experiments.append(Experiment(fold))
+        mine = not only or i in only  # else another process's fold, or one for later
         if experiments[-1].finished() and not overwrite:
-            log.info("fold %d: %s is finished, not run again", i, experiments[-1].dir)
-        elif not only or i in only:  # else another process's fold, or one for later
+            if _kept(experiments[-1], i):
+                log.info("fold %d: %s is finished, not run again", i, experiments[-1].dir)
+            elif mine:  # a soup of other seeds: its runs are kept, its average redone
+                runner(fold, overwrite=False)
+        elif mine:
             log.info("fold %d of %d: %s", i, k, fold.output.name)
             runner(fold, overwrite=overwrite)
     per_fold = []
     for i, experiment in enumerate(experiments, 1):
         metrics = experiment.read_metrics()  # any process may have finished it meanwhile
-        if metrics.get("finished"):
+        if metrics.get("finished") and not experiment.changed_keys():
             per_fold.append({"fold": i, "experiment": str(experiment.dir), **fold_result(metrics)})
     return write_summary(config, out, k, seed, manifests, per_fold)
+
+
+def _kept(experiment: Experiment, fold: int) -> bool:
+    """A finished fold of this very config is kept; one of a soup of other seeds is redone
+    (False); one of any other config stops the cross-validation, which would report figures
+    of a config it was not asked for."""
+    changed = experiment.changed_keys()
+    if not changed:
+        return True
+    if changed == ["training.soup_seeds"] and experiment.config.training.soup_seeds:
+        return False
+    raise CVError(
+        f"{experiment.dir}: fold {fold} finished with another config ({', '.join(changed[:3])}"
+        f"{' ...' if len(changed) > 3 else ''} differ): pass --overwrite to run the folds "
+        "again, or set output.name=... for a cross-validation of its own"
+    )
 
 
 def write_summary(

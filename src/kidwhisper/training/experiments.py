@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import platform
 import shutil
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from kidwhisper.config import Config, dump_config
 from kidwhisper.data.problems import DataProblems
@@ -33,9 +35,22 @@ from kidwhisper.training.results import (
     results_markdown,
 )
 
+log = logging.getLogger(__name__)
+
 
 class ExperimentExistsError(FileExistsError):
     pass
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    """{"training.lr": 3e-05, ...} from a nested config dict."""
+    leaves = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            leaves |= _leaves(value, f"{prefix}{key}.")
+        else:
+            leaves[f"{prefix}{key}"] = value
+    return leaves
 
 
 class Experiment:
@@ -57,6 +72,17 @@ class Experiment:
     def finished(self) -> bool:
         return bool(self.read_metrics().get("finished"))
 
+    def changed_keys(self) -> list[str]:
+        """The config keys whose values differ between the folder's config.yaml (what ran)
+        and this config ([] when they agree, or when nothing ran yet)."""
+        try:
+            saved = yaml.safe_load((self.dir / "config.yaml").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return []
+        now = yaml.safe_load(dump_config(self.config))  # as saved: lists, not tuples
+        ran, now = _leaves(saved or {}), _leaves(now)
+        return sorted(key for key in ran.keys() | now.keys() if ran.get(key) != now.get(key))
+
     def create(self, overwrite: bool = False) -> Experiment:
         """Make the folder; refuse to clobber a finished run unless `overwrite`."""
         if self.finished() and not overwrite:
@@ -67,7 +93,9 @@ class Experiment:
         if overwrite:  # only the run's own folder, and only if training wrote it
             owner = self.config.output.checkpoints_dir
             remove_owned(self.checkpoint_dir, owner, looks_like_run, "run folder")
-            for old in [*self.dir.glob("predictions_step*.jsonl"), *self.dir.glob("guard_*.jsonl")]:
+            # metrics.json too: a replacement that dies must not pass for the finished run.
+            stale = [*self.dir.glob("predictions_step*.jsonl"), *self.dir.glob("guard_*.jsonl")]
+            for old in [*stale, *self.dir.glob("metrics.json")]:
                 old.unlink()
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.dir / "config.yaml", dump_config(self.config))
@@ -258,6 +286,16 @@ def _finished_metrics(experiment: Experiment) -> dict:
     return experiment.read_metrics()
 
 
+def regrows(experiment: Experiment) -> bool:
+    """A finished soup asked for again with other seeds only: its average is redone (the
+    finished runs it shares with the new seeds are kept, the missing ones trained)."""
+    if experiment.finished() and experiment.changed_keys() == ["training.soup_seeds"]:
+        log.info("%s: a soup of other seeds now (%s): its runs are kept, its average redone",
+                 experiment.dir, experiment.config.training.soup_seeds)  # fmt: skip
+        return True
+    return False
+
+
 def run_soup(config: Config, overwrite: bool = False, resume: bool = False) -> dict:
     """training.soup_seeds: train one run per seed (a finished one is kept, an unfinished
     one resumes), then average their final models into this run's final model and score it.
@@ -270,7 +308,7 @@ def run_soup(config: Config, overwrite: bool = False, resume: bool = False) -> d
         raise FileNotFoundError(f"--resume: no run of the soup {experiment.name} to resume")
     is_main = int(os.environ.get("RANK", "0")) == 0
     if is_main:
-        experiment.create(overwrite)
+        experiment.create(overwrite or regrows(experiment))
     recorder = Recorder(experiment)
     runs, started = [], False
     for member, folder in zip(members, folders, strict=True):

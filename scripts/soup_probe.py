@@ -1,0 +1,110 @@
+"""Probe (docs/experiments.md, issue 18): a soup of finished cv runs, fold by fold, scored
+and recorded as a cv of its own, so that `kidwhisper cv-compare` reads it like any other.
+
+`training.soup_seeds` trains its runs itself, under `<name>-cv-fold<i>-seed<S>`. This
+probe averages runs that were trained separately (more seeds of a soup trained later, as
+single-run cvs), with the same library calls as a soup's own last step: the runs' final
+models are averaged (write_average), scored on the fold's held-out speakers with the first
+run's evaluation settings (score_final_model), and recorded with soup_figures.
+
+    python scripts/soup_probe.py OUT RUN [RUN ...] [--folds 1 2 3 4]
+    python scripts/soup_probe.py cv-mix31x3 cv-mix31-cv-fold{fold}-seed0 \
+        cv-mix31-cv-fold{fold}-seed1 cv-mix31-seed2-cv-fold{fold}
+
+Each RUN is an experiment name with `{fold}` in it. Every run of a fold must have trained
+on the same speakers and been scored on the same held-out manifest (checked), from the same
+model (the first run's config is the soup's, seeds aside). It writes
+experiments/OUT-cv-fold<i>/ (metrics.json, results.md, predictions_soup.jsonl),
+checkpoints/OUT-cv-fold<i>/final, and experiments/OUT-cv/ (folds/, cv.json, cv.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from kidwhisper.config import Config, load_config, resolve_path
+from kidwhisper.training.cv import fold_result, write_summary
+from kidwhisper.training.experiments import (
+    Experiment,
+    score_final_model,
+    soup_figures,
+    write_average,
+)
+
+EXPERIMENTS, CHECKPOINTS = Path("experiments"), Path("checkpoints")
+
+
+def run_config(name: str) -> Config:
+    return load_config(EXPERIMENTS / name / "config.yaml")
+
+
+def check_same_data(configs: list[Config]) -> None:
+    """The runs of one fold trained on the same clips and are scored on the same ones."""
+    first = configs[0]
+    for other in configs[1:]:
+        for key in ("train", "eval"):
+            a, b = getattr(first.data, key), getattr(other.data, key)
+            a, b = (a, b) if key == "train" else ([a], [b])
+            same = len(a) == len(b) and all(
+                resolve_path(x).read_bytes() == resolve_path(y).read_bytes()
+                for x, y in zip(a, b, strict=True)
+            )
+            if not same:
+                name, base = other.output.name, first.output.name
+                raise SystemExit(f"{name}: data.{key} differs from {base}'s")
+
+
+def soup_fold(out: str, runs: list[str], fold: int) -> dict:
+    """Average the fold's runs into `<out>-cv-fold<fold>`, score it, record it."""
+    names = [run.format(fold=fold) for run in runs]
+    configs = [run_config(name) for name in names]
+    check_same_data(configs)
+    seeds = [c.training.seed for c in configs]
+    config = copy.deepcopy(configs[0])
+    config.output.name, config.training.soup_seeds = f"{out}-cv-fold{fold}", seeds
+    metrics = [Experiment(c).read_metrics() for c in configs]
+    unfinished = [n for n, m in zip(names, metrics, strict=True) if not m.get("finished")]
+    if unfinished:
+        raise SystemExit(f"{unfinished[0]}: not finished")
+    experiment = Experiment(config).create(overwrite=True)
+    write_average(experiment, [Experiment(c).model_dir for c in configs])
+    after = score_final_model(experiment, torch.device("cpu"), "soup")
+    figures = soup_figures(config, metrics, after)
+    figures.update(name=config.output.name, finished=True, soup_of=names)
+    experiment.write_metrics(figures)
+    experiment.write_results(figures)
+    print(json.dumps({"fold": fold, "wer": after["wer"], "runs": figures["soup"]["mean_wer"]}))
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", help="name of the soup's cv (experiments/OUT-cv)")
+    parser.add_argument("runs", nargs="+", help="run names with {fold}")
+    parser.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3, 4])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    per_fold = []
+    for fold in args.folds:
+        figures = soup_fold(args.out, args.runs, fold)
+        per_fold.append({"fold": fold, "experiment": figures["name"], **fold_result(figures)})
+    # The folds of the first run's cv: its folds.json, for cv-compare's same-folds check.
+    first = run_config(args.runs[0].format(fold=args.folds[0]))
+    source = resolve_path(first.data.eval).parent.parent
+    target = EXPERIMENTS / f"{args.out}-cv" / "folds"
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    cv_json = json.loads((source.parent / "cv.json").read_text(encoding="utf-8"))
+    summary_config = copy.deepcopy(first)
+    summary_config.output.name = args.out
+    write_summary(summary_config, target.parent, cv_json["folds"], cv_json["seed"],
+                  cv_json["pooled"], per_fold)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
