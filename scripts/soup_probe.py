@@ -37,27 +37,25 @@ from kidwhisper.training.experiments import (
     write_average,
 )
 
-EXPERIMENTS, CHECKPOINTS = Path("experiments"), Path("checkpoints")
+EXPERIMENTS = Path("experiments")
 
 
 def run_config(name: str) -> Config:
     return load_config(EXPERIMENTS / name / "config.yaml")
 
 
+def manifests(config: Config) -> list[bytes]:
+    """What the run trained on (data.train) and was scored on (data.eval), byte for byte."""
+    return [resolve_path(p).read_bytes() for p in [*config.data.train, config.data.eval]]
+
+
 def check_same_data(configs: list[Config]) -> None:
     """The runs of one fold trained on the same clips and are scored on the same ones."""
-    first = configs[0]
+    first = manifests(configs[0])
     for other in configs[1:]:
-        for key in ("train", "eval"):
-            a, b = getattr(first.data, key), getattr(other.data, key)
-            a, b = (a, b) if key == "train" else ([a], [b])
-            same = len(a) == len(b) and all(
-                resolve_path(x).read_bytes() == resolve_path(y).read_bytes()
-                for x, y in zip(a, b, strict=True)
-            )
-            if not same:
-                name, base = other.output.name, first.output.name
-                raise SystemExit(f"{name}: data.{key} differs from {base}'s")
+        if manifests(other) != first:
+            raise SystemExit(f"{other.output.name}: data.train or data.eval differs from "
+                             f"{configs[0].output.name}'s")  # fmt: skip
 
 
 def soup_fold(out: str, runs: list[str], fold: int) -> dict:

@@ -37,7 +37,7 @@ from kidwhisper.files import atomic_write_text
 from kidwhisper.inference.curation import speaker
 from kidwhisper.inference.folds import HELDOUT, SUMMARY, TRAIN, fold_dir, plan_folds, write_folds
 from kidwhisper.inference.scoring import percent
-from kidwhisper.training.experiments import Experiment
+from kidwhisper.training.experiments import Experiment, regrows
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ def _kept(experiment: Experiment, fold: int) -> bool:
     changed = experiment.changed_keys()
     if not changed:
         return True
-    if changed == ["training.soup_seeds"] and experiment.config.training.soup_seeds:
+    if regrows(experiment):
         return False
     raise CVError(
         f"{experiment.dir}: fold {fold} finished with another config ({', '.join(changed[:3])}"

@@ -94,9 +94,9 @@ class Experiment:
             owner = self.config.output.checkpoints_dir
             remove_owned(self.checkpoint_dir, owner, looks_like_run, "run folder")
             # metrics.json too: a replacement that dies must not pass for the finished run.
-            stale = [*self.dir.glob("predictions_step*.jsonl"), *self.dir.glob("guard_*.jsonl")]
-            for old in [*stale, *self.dir.glob("metrics.json")]:
+            for old in [*self.dir.glob("predictions_step*.jsonl"), *self.dir.glob("guard_*.jsonl")]:
                 old.unlink()
+            (self.dir / "metrics.json").unlink(missing_ok=True)
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.dir / "config.yaml", dump_config(self.config))
         return self
@@ -277,11 +277,12 @@ def soup_members(config: Config) -> list[Config]:
 
 def _finished_metrics(experiment: Experiment) -> dict:
     """A finished soup run's figures, if it ran this very config (else it is refused)."""
-    saved = (experiment.dir / "config.yaml").read_text(encoding="utf-8")
-    if saved != dump_config(experiment.config):
+    changed = experiment.changed_keys()
+    if changed:
         raise ExperimentExistsError(
             f"{experiment.dir} holds a finished run of another config than this soup's "
-            "member: pass --overwrite to retrain it, or pick another output.name"
+            f"member ({', '.join(changed)} differ): pass --overwrite to retrain it, or pick "
+            "another output.name"
         )
     return experiment.read_metrics()
 
@@ -289,11 +290,11 @@ def _finished_metrics(experiment: Experiment) -> dict:
 def regrows(experiment: Experiment) -> bool:
     """A finished soup asked for again with other seeds only: its average is redone (the
     finished runs it shares with the new seeds are kept, the missing ones trained)."""
-    if experiment.finished() and experiment.changed_keys() == ["training.soup_seeds"]:
-        log.info("%s: a soup of other seeds now (%s): its runs are kept, its average redone",
-                 experiment.dir, experiment.config.training.soup_seeds)  # fmt: skip
-        return True
-    return False
+    return bool(
+        experiment.config.training.soup_seeds
+        and experiment.finished()
+        and experiment.changed_keys() == ["training.soup_seeds"]
+    )
 
 
 def run_soup(config: Config, overwrite: bool = False, resume: bool = False) -> dict:
@@ -308,7 +309,11 @@ def run_soup(config: Config, overwrite: bool = False, resume: bool = False) -> d
         raise FileNotFoundError(f"--resume: no run of the soup {experiment.name} to resume")
     is_main = int(os.environ.get("RANK", "0")) == 0
     if is_main:
-        experiment.create(overwrite or regrows(experiment))
+        regrow = not overwrite and regrows(experiment)
+        if regrow:
+            log.info("%s: a soup of other seeds now (%s): its runs are kept, its average redone",
+                     experiment.dir, config.training.soup_seeds)  # fmt: skip
+        experiment.create(overwrite or regrow)
     recorder = Recorder(experiment)
     runs, started = [], False
     for member, folder in zip(members, folders, strict=True):
