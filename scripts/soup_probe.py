@@ -12,8 +12,10 @@ run's evaluation settings (score_final_model), and recorded with soup_figures.
         cv-mix31-cv-fold{fold}-seed1 cv-mix31-seed2-cv-fold{fold}
 
 Each RUN is an experiment name with `{fold}` in it. Every run of a fold must have trained
-on the same speakers and been scored on the same held-out manifest (checked), from the same
-model (the first run's config is the soup's, seeds aside). It writes
+on the fold's children (data.train's first manifest) and been scored on its held-out
+speakers, from the same model (checked); further training manifests may differ, so one soup
+can hold runs of different recipes (with and without the older speakers). The first run's
+config is the soup's, seeds aside. It writes
 experiments/OUT-cv-fold<i>/ (metrics.json, results.md, predictions_soup.jsonl),
 checkpoints/OUT-cv-fold<i>/final, and experiments/OUT-cv/ (folds/, cv.json, cv.md).
 """
@@ -44,25 +46,28 @@ def run_config(name: str) -> Config:
     return load_config(EXPERIMENTS / name / "config.yaml")
 
 
-def manifests(config: Config) -> list[bytes]:
-    """What the run trained on (data.train) and was scored on (data.eval), byte for byte."""
-    return [resolve_path(p).read_bytes() for p in [*config.data.train, config.data.eval]]
+def fold_of(config: Config) -> list:
+    """A run's fold and model: the children it trained on (data.train's first manifest, the
+    fold's own), the held-out speakers it was scored on, byte for byte, and its model block.
+    Further data.train manifests (the older speakers) may differ: a soup across recipes."""
+    own = [resolve_path(p).read_bytes() for p in (config.data.train[0], config.data.eval)]
+    return [*own, config.model]
 
 
-def check_same_data(configs: list[Config]) -> None:
-    """The runs of one fold trained on the same clips and are scored on the same ones."""
-    first = manifests(configs[0])
+def check_same_fold(configs: list[Config]) -> None:
+    """The runs of one fold share its children, its held-out speakers and the start model."""
+    first = fold_of(configs[0])
     for other in configs[1:]:
-        if manifests(other) != first:
-            raise SystemExit(f"{other.output.name}: data.train or data.eval differs from "
-                             f"{configs[0].output.name}'s")  # fmt: skip
+        if fold_of(other) != first:
+            raise SystemExit(f"{other.output.name}: its fold (data.train[0], data.eval) or "
+                             f"model differs from {configs[0].output.name}'s")  # fmt: skip
 
 
 def soup_fold(out: str, runs: list[str], fold: int) -> dict:
     """Average the fold's runs into `<out>-cv-fold<fold>`, score it, record it."""
     names = [run.format(fold=fold) for run in runs]
     configs = [run_config(name) for name in names]
-    check_same_data(configs)
+    check_same_fold(configs)
     seeds = [c.training.seed for c in configs]
     config = copy.deepcopy(configs[0])
     config.output.name, config.training.soup_seeds = f"{out}-cv-fold{fold}", seeds
