@@ -7,13 +7,13 @@ folds' speakers and are scored on the fold's own: the plain side is the Hugging 
 recipe (`Seq2SeqTrainer`, clips padded to 30 s; benchmarks/train_throughput.py's
 `train_plain`, one seed), decoded at 30 s; the kidwhisper side is the config (default
 configs/kids_recommended.yaml, its extra data.train manifests training every fold, as
-`kidwhisper cv` does) over several seeds (a config with training.soup_seeds: one soup a
-fold, reported beside the mean of its runs). Both are scored by kidwhisper's evaluation
-(competition normaliser, decoding guards): the plain side greedy, as the recipe's
-`generate` decodes, the kidwhisper side as its config's evaluation block says (beam 5 in
-kids_recommended.yaml). The table gives WER overall and per age
-bucket as mean ± std [min–max] over folds (a fold's kidwhisper figure is its seeds' mean),
-the seed spread, the per-fold difference and the wall time of each side.
+`kidwhisper cv` does) over several seeds (a soup config, training.soup_seeds or
+training.soup_members: one soup a fold, reported beside the mean of its runs). Both are
+scored by kidwhisper's evaluation (competition normaliser, decoding guards): the plain side
+greedy, as the recipe's `generate` decodes, the kidwhisper side as its config's evaluation
+block says (beam 5 in kids_recommended.yaml). The table gives WER overall and per age bucket
+as mean ± std [min–max] over folds (a fold's kidwhisper figure is its seeds' mean), the seed
+spread, the per-fold difference and the wall time of each side.
 
     python benchmarks/accuracy.py                                 # 4 folds, hours on 2 cores
     python benchmarks/accuracy.py --variant base \
@@ -46,7 +46,7 @@ from kidwhisper.inference.folds import HELDOUT, TRAIN, fold_dir, plan_folds, wri
 from kidwhisper.inference.scoring import percent
 from kidwhisper.models.factory import load_model
 from kidwhisper.training.cv import cell, fold_configs, stats
-from kidwhisper.training.experiments import run_experiment
+from kidwhisper.training.experiments import is_soup, run_experiment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_throughput  # the plain recipe, beside this file
@@ -134,7 +134,7 @@ def run_plain(args: argparse.Namespace, folder: Path, out: Path) -> dict:
 
 
 def run_kidwhisper(args: argparse.Namespace, fold_config, seed: int | None, out: Path) -> dict:
-    """One kidwhisper run on a fold (`seed` None: a soup config, its seeds as it says)."""
+    """One kidwhisper run on a fold (`seed` None: a soup config, its runs as it says)."""
     config = copy.deepcopy(fold_config)
     if seed is not None:
         config.training.seed = seed
@@ -222,7 +222,8 @@ def soup_fold(args: argparse.Namespace, fold_config, path: Path, run) -> dict | 
     """A soup config's figures on a fold: the soup's WER, with its runs' seed spread and
     their mean (`one_run`: what one run of the config gives)."""
     settings = {"config": repo_relative(args.config), "set": args.set,
-                "soup_seeds": fold_config.training.soup_seeds, "quick": args.quick}  # fmt: skip
+                "soup_seeds": fold_config.training.soup_seeds,
+                "soup_members": fold_config.training.soup_members, "quick": args.quick}  # fmt: skip
     soup = fold_result(path, settings, run)
     if soup is None:
         return None
@@ -245,7 +246,7 @@ def run_folds(args: argparse.Namespace, configs: list, out: Path) -> tuple[dict,
             plain.update({i: found} if found else {})
         if args.skip_kidwhisper:
             continue
-        if fold_config.training.soup_seeds:  # one soup a fold; its runs are the seeds
+        if is_soup(fold_config):  # one soup a fold, its runs as the config says
             run = partial(run_kidwhisper, args, fold_config, None, out) if here else None
             soup = soup_fold(args, fold_config, results / f"kidwhisper-fold{i}-soup.json", run)
             ours.update({i: soup} if soup else {})
@@ -278,13 +279,13 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{args.folds} speaker folds of {', '.join(map(str, args.pool))}; out {out}")
     plain, ours = run_folds(args, configs, out)
     rows = [row(f"plain {args.variant}", list(plain.values()), 1)] if plain else []
-    soup = config.training.soup_seeds
+    soup = len(config.training.soup_members or config.training.soup_seeds)
     if ours and soup:
         one_run = [f["one_run"] for f in ours.values()]
-        rows.append(row(f"kidwhisper {args.config.name}, one run (mean of its seeds)", one_run,
-                        len(soup)))  # fmt: skip
-        rows.append(row(f"kidwhisper {args.config.name}: the soup of its {len(soup)} seeds",
-                        list(ours.values()), len(soup)))  # fmt: skip
+        rows.append(row(f"kidwhisper {args.config.name}, one run (mean of its runs)", one_run,
+                        soup))  # fmt: skip
+        rows.append(row(f"kidwhisper {args.config.name}: the soup of its {soup} runs",
+                        list(ours.values()), soup))  # fmt: skip
     elif ours:
         rows.append(row(f"kidwhisper {args.config.name}", list(ours.values()), len(args.seeds)))
     print()

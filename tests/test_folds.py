@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kidwhisper.cli.main import main
-from kidwhisper.config import load_config
+from kidwhisper.config import load_config, soup_member_configs
 from kidwhisper.data.dataset import read_manifest
 from kidwhisper.inference.curation import speaker
 from kidwhisper.inference.folds import assign_folds, fold_dir, write_folds
@@ -215,6 +215,23 @@ def test_cv_of_a_soup_with_other_seeds_redoes_its_folds_and_reports_only_those(p
     result = cv.run_cv(more, 3, runner=grown)
     assert grown.ran == ["mix-cv-fold1", "mix-cv-fold2", "mix-cv-fold3"]
     assert result["summary"]["overall"]["n"] == 3
+
+
+def test_cv_members_train_on_the_fold_less_the_extras_they_weight_0(pool, tmp_path: Path):
+    more = _manifest(tmp_path / "kids2" / "train.jsonl", "K", {"5-7": 2, "8-11": 2}, 30)
+    older = tmp_path / "older" / "train.jsonl"  # _config writes it
+    members = "[{training.seed: 1}, {data.train_weights: [1, 1, 0]}]"
+    config = _config(tmp_path, pool, f"data.train=[{pool[0]},{more},{older}]",
+                     "data.train_weights=[2,1,1]", f"training.soup_members={members}")  # fmt: skip
+    runner = FakeRunner()
+    cv.run_cv(config, 3, runner=runner, pool=[str(pool[0]), str(more)])
+    assert runner.ran == [f"mix-cv-fold{i}" for i in (1, 2, 3)]
+    for fold in runner.configs:
+        mixed, alone = soup_member_configs(fold)  # the pooled manifests' weights summed
+        assert fold.data.train[1:] == [str(older)] and mixed.data.train == fold.data.train
+        assert mixed.data.train_weights == [3.0, 1.0] and mixed.training.seed == 1
+        assert alone.data.train == fold.data.train[:1] and alone.data.train_weights is None
+        assert alone.data.eval == fold.data.eval  # the fold's held-out speakers
 
 
 def test_cv_only_folds_runs_those_and_summarises_every_finished_one(pool, tmp_path: Path):

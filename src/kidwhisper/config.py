@@ -7,6 +7,7 @@ always naming the file and the dotted key, before any heavy work starts.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from transformers import WhisperConfig
 from kidwhisper.models.bundled import BUNDLED, BUNDLED_PREFIX
 from kidwhisper.models.variants import LINEAR_MODULES, VARIANTS, variant_of
 from kidwhisper.schema import ConfigError as ConfigError  # callers import it from here
-from kidwhisper.schema import build, fail, hint, plain_name_problem, read_config
+from kidwhisper.schema import build, fail, hint, plain_name_problem, read_config, set_key
 
 # The audio context: how many mel frames the encoder sees (models/short_input.py says why).
 FULL, BATCH = "full", "batch"
@@ -163,6 +164,12 @@ class TrainingConfig:
     # uniform mean of their final models is this run's final model (training.seed unused).
     # The runs share the start and the data, as weight averaging needs. Empty: one run.
     soup_seeds: list[int] = field(default_factory=list)
+    # A soup of recipes instead: one run per entry, `<name>-member<I>`, each this config
+    # with the entry's `section.key: value` changes (training.seed, training.epochs,
+    # augment.pitch.p, ...); not model, evaluation, output nor which data is scored. A member
+    # may leave out an extra data.train manifest with data.train_weights 0 (its first, the
+    # training set proper, stays in: under `kidwhisper cv`, the fold's speakers).
+    soup_members: list[dict[str, Any]] = field(default_factory=list)
     # Balanced sampling by age bucket (data/weighting.py): `none`, `inverse` (every bucket
     # equally often) or a mapping bucket -> weight (its share of drawn clips, e.g.
     # {5-7: 2, 8-11: 1}; entries without a bucket are `unknown`). Clips are then drawn with
@@ -340,6 +347,8 @@ def validate(config: Config, source: str, check_paths: bool = True) -> None:
         fail(source, "training.seed", f"{config.training.seed} is not used by a soup "
              f"(training.soup_seeds is {seeds}): set the soup's seeds, or training.soup_seeds=[] "
              "for one run with this seed")  # fmt: skip
+    if config.training.soup_members:
+        soup_member_configs(config, source)
     if config.data.guard_eval and not config.data.eval:
         fail(source, "data.guard_eval", "needs data.eval: the guard is reported beside it")
     if config.training.ema_decay and config.training.strategy == "fsdp":
@@ -375,6 +384,72 @@ def source_index(key: str, train: list[str], source: str = "<config>") -> int:
         fail(source, f"data.source_augment.{key}",
              f"{what} data.train manifest {train}{hint(key, names)}")  # fmt: skip
     return found[0]
+
+
+# --- a soup of recipes (training.soup_members) ---------------------------------------------
+# What every member of a soup shares: the start, how and on what it is scored, where it goes.
+MEMBER_FIXED = ("model", "evaluation", "output", "data.train", "data.eval", "data.guard_eval",
+                "training.soup_seeds", "training.soup_members")  # fmt: skip
+
+
+def soup_member_configs(config: Config, source: str = "<config>") -> list[Config]:
+    """training.soup_members as configs, validated: the soup's own config with each member's
+    changes (output.name still the soup's), the extra manifests it weights 0 left out."""
+    seeds, changes = config.training.soup_seeds, config.training.soup_members
+    if seeds:
+        fail(source, "training.soup_members", f"set beside training.soup_seeds {seeds}: a "
+             "soup of seeds or of recipes, not both (a member may set training.seed)")  # fmt: skip
+    if len(changes) < 2:
+        fail(source, "training.soup_members", f"needs two or more members, got {changes}")
+    base = config.to_dict()
+    base["training"].update(soup_seeds=[], soup_members=[])
+    members: list[Config] = []
+    for i, change in enumerate(changes):
+        where = f"{source} (training.soup_members[{i}])"
+        data = copy.deepcopy(base)
+        for key, value in change.items():
+            if any(key == f or key.startswith(f"{f}.") for f in MEMBER_FIXED):
+                fail(where, key, "is the soup's, the same in every member (their weights "
+                     "are averaged into one model): a member changes training, augment and data "
+                     "keys but data.train, data.eval and data.guard_eval (it leaves an extra "
+                     "manifest out with data.train_weights 0)")  # fmt: skip
+            set_key(data, key, value, f"{where}: {key}")
+        _leave_out_unweighted(data["data"], where)
+        member = build(Config, data, where, "")
+        validate(member, where, check_paths=False)
+        same = [j for j, other in enumerate(members) if other == member]
+        if same:
+            fail(where, "training.soup_members", f"the same run as member {same[0]}: change "
+                 "its seed or recipe")  # fmt: skip
+        members.append(member)
+    return members
+
+
+def _leave_out_unweighted(data: dict, where: str) -> None:
+    """A member's data.train_weights of 0 leave that extra manifest out (and its
+    data.source_augment block); with one manifest left, each clip is seen once an epoch."""
+    weights, train = data.get("train_weights"), data["train"]
+    if not weights or 0 not in weights:
+        return
+    if len(weights) != len(train):
+        fail(where, "data.train_weights", f"has {len(weights)} weight(s) but data.train has "
+             f"{len(train)} manifest(s): give one weight per manifest")  # fmt: skip
+    if weights[0] == 0:
+        fail(
+            where,
+            "data.train_weights[0]",
+            "is 0, but data.train's first manifest (the "
+            "fold's speakers under kidwhisper cv) trains every member: 0 is for extras",
+        )
+    out = {i for i, weight in enumerate(weights) if weight == 0}
+    data["source_augment"] = {
+        key: block
+        for key, block in data["source_augment"].items()
+        if source_index(key, train, where) not in out
+    }
+    data["train"] = [path for i, path in enumerate(train) if i not in out]
+    kept = [weight for i, weight in enumerate(weights) if i not in out]
+    data["train_weights"] = kept if len(kept) > 1 else None
 
 
 def _validate_weights(config: Config, source: str) -> None:

@@ -47,6 +47,8 @@ def fail(source: str, key: str, message: str) -> typing.NoReturn:
 
 def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
     """Check `value` against the annotation `tp`, converting where YAML is ambiguous."""
+    if tp is Any:  # checked where it is used (training.soup_members: a member's config)
+        return value
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -137,19 +139,25 @@ def apply_override(data: dict, override: str) -> None:
     if "=" not in override:
         raise ConfigError(f"override {override!r}: expected section.key=value")
     dotted, raw = override.split("=", 1)
-    *parents, leaf = dotted.strip().split(".")
-    node = data
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {override!r}: {part} is not a section")
     try:
-        node[leaf] = yaml.safe_load(raw)
+        value = yaml.safe_load(raw)
     except yaml.YAMLError as err:  # a syntax error, or a tag such as !!python/object
         raise ConfigError(
             f"override {override!r}: {dotted.strip()}: not a plain YAML value "
             f"({yaml_problem(err)}); quote it, e.g. {dotted.strip()}='\"...\"'"
         ) from None
+    set_key(data, dotted.strip(), value, f"override {override!r}")
+
+
+def set_key(data: dict, dotted: str, value: Any, what: str) -> None:
+    """Set `section.key` in raw config data to `value`; `what` names it in errors."""
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{what}: {part} is not a section")
+    node[leaf] = value
 
 
 def read_config(path: str | Path | None, overrides: typing.Sequence[str]) -> tuple[Any, str]:

@@ -11,13 +11,14 @@ training manifest: none of them may be trained on.
 
 A finished fold is not run again (an unfinished one resumes from its checkpoint), so the
 same command continues a cross-validation. A finished fold of another config stops it,
-except a soup asked for with other seeds: its finished runs are kept, the missing ones
-trained and the average redone. `--only-folds` runs some folds only, so that several
-processes can share one. The folds are recorded in
-`<experiments>/<name>-cv/folds/folds.json`; if the same command would now make different
-folds (another seed, K or data) while fold experiments exist, it stops unless --overwrite.
-At the end, cv.json and cv.md report WER overall and per age bucket as mean ± standard
-deviation (over folds, n - 1 in the denominator) [min–max].
+except a soup asked for with other seeds or members: its finished runs are kept, the missing
+ones trained and the average redone. The members of a soup of recipes
+(training.soup_members) train on the fold as the config does, less the extras they weight 0.
+`--only-folds` runs some folds only, so that several processes can share one. The folds are
+recorded in `<experiments>/<name>-cv/folds/folds.json`; if the same command would now make
+different folds (another seed, K or data) while fold experiments exist, it stops unless
+--overwrite. At the end, cv.json and cv.md report WER overall and per age bucket as mean ±
+standard deviation (over folds, n - 1 in the denominator) [min–max].
 """
 
 from __future__ import annotations
@@ -71,8 +72,12 @@ def fold_configs(config: Config, folds_root: Path, k: int, pooled: list[int]) ->
         folder = fold_dir(folds_root, i)
         fold.data.train = [str(folder / TRAIN), *(data.train[j] for j in extras)]
         if data.train_weights:
-            pooled_weight = sum(data.train_weights[j] for j in pooled)
-            fold.data.train_weights = [pooled_weight, *(data.train_weights[j] for j in extras)]
+            fold.data.train_weights = fold_weights(data.train_weights, pooled, extras)
+        fold.training.soup_members = [  # a member's weights follow the manifests too
+            {key: fold_weights(value, pooled, extras) if key == "data.train_weights" else value
+             for key, value in member.items()}
+            for member in config.training.soup_members
+        ]  # fmt: skip
         fold.data.source_augment = {
             fold.data.train[new_index[source_index(key, data.train)]]: block
             for key, block in data.source_augment.items()
@@ -82,6 +87,11 @@ def fold_configs(config: Config, folds_root: Path, k: int, pooled: list[int]) ->
         validate(fold, f"cross-validation fold {i}")
         configs.append(fold)
     return configs
+
+
+def fold_weights(weights: list, pooled: list[int], extras: list[int]) -> list[float]:
+    """data.train_weights for a fold's manifests: the pooled ones' sum, then the extras'."""
+    return [sum(float(weights[j]) for j in pooled), *(float(weights[j]) for j in extras)]
 
 
 def check_disjoint(config: Config) -> None:

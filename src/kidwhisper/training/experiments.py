@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from kidwhisper.config import Config, dump_config
+from kidwhisper.config import Config, dump_config, soup_member_configs
 from kidwhisper.data.problems import DataProblems
 from kidwhisper.files import (
     atomic_folder,
@@ -136,7 +136,7 @@ def run_experiment(config: Config, overwrite: bool = False, resume: bool = False
     from kidwhisper.training.checkpoint import checkpoint_step, latest_checkpoint
     from kidwhisper.training.loop import train
 
-    if config.training.soup_seeds:
+    if is_soup(config):
         return run_soup(config, overwrite, resume)
     experiment = Experiment(config)
     is_main = int(os.environ.get("RANK", "0")) == 0
@@ -264,8 +264,18 @@ def score_final_model(experiment: Experiment, device, tag: str) -> dict:
 # --- a soup of seeds ------------------------------------------------------------------------
 
 
+def is_soup(config: Config) -> bool:
+    return bool(config.training.soup_seeds or config.training.soup_members)
+
+
 def soup_members(config: Config) -> list[Config]:
-    """One ordinary run per seed of training.soup_seeds, named `<name>-seed<S>`."""
+    """The soup's runs, each an ordinary one: one per seed of training.soup_seeds, named
+    `<name>-seed<S>`, or one per entry of training.soup_members, `<name>-member<I>`."""
+    if config.training.soup_members:
+        members = soup_member_configs(config)
+        for i, member in enumerate(members):
+            member.output.name = f"{config.output.name}-member{i}"
+        return members
     members = []
     for seed in config.training.soup_seeds:
         member = copy.deepcopy(config)
@@ -288,12 +298,14 @@ def _finished_metrics(experiment: Experiment) -> dict:
 
 
 def regrows(experiment: Experiment) -> bool:
-    """A finished soup asked for again with other seeds only: its average is redone (the
-    finished runs it shares with the new seeds are kept, the missing ones trained)."""
+    """A finished soup asked for again with other seeds or members only: its average is
+    redone (the finished runs it shares with the new soup are kept, the missing ones trained)."""
+    changed = experiment.changed_keys()
     return bool(
-        experiment.config.training.soup_seeds
+        is_soup(experiment.config)
         and experiment.finished()
-        and experiment.changed_keys() == ["training.soup_seeds"]
+        and changed
+        and set(changed) <= {"training.soup_seeds", "training.soup_members"}
     )
 
 
@@ -311,8 +323,9 @@ def run_soup(config: Config, overwrite: bool = False, resume: bool = False) -> d
     if is_main:
         regrow = not overwrite and regrows(experiment)
         if regrow:
-            log.info("%s: a soup of other seeds now (%s): its runs are kept, its average redone",
-                     experiment.dir, config.training.soup_seeds)  # fmt: skip
+            names = [m.output.name for m in members]
+            log.info("%s: a soup of other runs now (%s): its finished runs are kept, its "
+                     "average redone", experiment.dir, names)  # fmt: skip
         experiment.create(overwrite or regrow)
     recorder = Recorder(experiment)
     runs, started = [], False
@@ -327,7 +340,7 @@ def run_soup(config: Config, overwrite: bool = False, resume: bool = False) -> d
         return recorder.metrics
     write_average(experiment, [f.model_dir for f in folders])
     after = score_final_model(experiment, recorder.device, "soup")
-    recorder.metrics.update(soup_figures(config, runs, after))
+    recorder.metrics.update(soup_figures(config, members, runs, after))
     wall_seconds = time.perf_counter() - recorder.start
     recorder.metrics.update(model_dir=str(experiment.model_dir), wall_seconds=wall_seconds)
     recorder.metrics["finished"] = True
@@ -337,30 +350,33 @@ def run_soup(config: Config, overwrite: bool = False, resume: bool = False) -> d
     return recorder.metrics
 
 
-def soup_figures(config: Config, runs: list[dict], after: dict) -> dict:
-    """The soup's metrics from its runs' metrics and its own evaluation `after`."""
+def soup_figures(config: Config, members: list[Config], runs: list[dict], after: dict) -> dict:
+    """The soup's metrics from its runs' configs and metrics and its own evaluation `after`."""
     finals = [run.get("eval_average") or run.get("eval_after") or {} for run in runs]
-    members = [
-        {"name": run["name"], "seed": seed, "steps": run.get("steps"), **final}
-        for run, seed, final in zip(runs, config.training.soup_seeds, finals, strict=True)
-    ]
-    wers = [m["wer"] for m in members if m.get("wer") is not None]
+    changes = config.training.soup_members or [{} for _ in members]
+    figures = [
+        {"name": run["name"], "seed": member.training.seed, "changes": change,
+         "steps": run.get("steps"), "train_utterances": run.get("train_utterances"), **final}
+        for run, member, change, final in zip(runs, members, changes, finals, strict=True)
+    ]  # fmt: skip
+    wers = [m["wer"] for m in figures if m.get("wer") is not None]
     first = runs[0]
+    widest = max(runs, key=lambda run: run.get("train_utterances") or 0)  # all the soup's data
     return {
         "eval_before": first.get("eval_before"),
         "eval_after": after or None,
         "soup": {
-            "seeds": config.training.soup_seeds,
-            "members": members,
+            "seeds": [member.training.seed for member in members],
+            "members": figures,
             "mean_wer": statistics.fmean(wers) if wers else None,
         },
         "steps": sum(run.get("steps") or 0 for run in runs),
         "samples": sum(run.get("samples") or 0 for run in runs),
         "train_seconds": sum(run.get("train_seconds") or 0 for run in runs),
         "peak_memory_mb": max(run.get("peak_memory_mb") or 0 for run in runs),
-        **{key: first.get(key) for key in SHARED_FIGURES},
+        **{key: widest.get(key) for key in SHARED_FIGURES},
     }
 
 
-# The same in every run of a soup (one data set, one model).
+# One model in every run of a soup; one data set, less the extras a member leaves out.
 SHARED_FIGURES = ("train_utterances", "trainable_params", "total_params", "bad_data_summary")

@@ -84,12 +84,15 @@ def _soup_lines(soup: dict | None) -> list[str]:
     """The runs a soup averaged, each scored alone ("after" above is the soup's)."""
     if not soup:
         return []
-    lines = ["", "## The runs averaged (training.soup_seeds)", "",
-             "| run | seed | steps | WER | guard set |", "|---|---|---|---|---|"]  # fmt: skip
+    recipes = any(m.get("changes") for m in soup["members"])
+    key = "training.soup_members" if recipes else "training.soup_seeds"
+    lines = ["", f"## The runs averaged ({key})", "", "| run | seed | changes | steps | WER | "
+             "guard set |", "|---|---|---|---|---|---|"]  # fmt: skip
     for m in soup["members"]:
-        lines.append(f"| {m['name']} | {m['seed']} | {m['steps']} | {percent(m.get('wer'))} "
-                     f"| {percent(m.get('guard_wer'))} |")  # fmt: skip
-    lines.append(f"| mean of the runs | | | {percent(soup['mean_wer'])} | |")
+        changes = ", ".join(f"`{k}: {v}`" for k, v in (m.get("changes") or {}).items()) or "-"
+        lines.append(f"| {m['name']} | {m['seed']} | {changes} | {m['steps']} | "
+                     f"{percent(m.get('wer'))} | {percent(m.get('guard_wer'))} |")  # fmt: skip
+    lines.append(f"| mean of the runs | | | | {percent(soup['mean_wer'])} | |")
     return lines
 
 
@@ -150,9 +153,10 @@ def card_facts(config: Config, metrics: dict) -> CardFacts:
         origin += f" The mean of the checkpoints of steps {metrics['eval_average']['steps']}."
     if metrics.get("soup"):
         runs = ", ".join(f"`{m['name']}`" for m in metrics["soup"]["members"])
+        what = "recipes" if any(m.get("changes") for m in metrics["soup"]["members"]) else "seeds"
         origin = (
             f"The mean of the final models of {len(metrics['soup']['members'])} runs of "
-            f"`kidwhisper train` with different seeds ({runs}; {metrics.get('steps')} steps "
+            f"`kidwhisper train` with different {what} ({runs}; {metrics.get('steps')} steps "
             f"in all), each fine-tuned from `{config.pretrained}`."
         )
     counts = {
