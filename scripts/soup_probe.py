@@ -1,11 +1,12 @@
 """Probe (docs/experiments.md, issue 18): a soup of finished cv runs, fold by fold, scored
 and recorded as a cv of its own, so that `kidwhisper cv-compare` reads it like any other.
 
-`training.soup_seeds` trains its runs itself, under `<name>-cv-fold<i>-seed<S>`. This
-probe averages runs that were trained separately (more seeds of a soup trained later, as
-single-run cvs), with the same library calls as a soup's own last step: the runs' final
-models are averaged (write_average), scored on the fold's held-out speakers with the first
-run's evaluation settings (score_final_model), and recorded with soup_figures.
+`training.soup_seeds` and `training.soup_members` train their runs themselves, under
+`<name>-cv-fold<i>-seed<S>` or `-member<I>`. This probe averages runs that were trained
+separately (more seeds of a soup trained later, as single-run cvs), with the same library
+calls as a soup's own last step: the runs' final models are averaged (write_average), scored
+on the fold's held-out speakers with the first run's evaluation settings
+(score_final_model), and recorded with soup_figures.
 
     python scripts/soup_probe.py OUT RUN [RUN ...] [--folds 1 2 3 4]
     python scripts/soup_probe.py cv-mix31x3 cv-mix31-cv-fold{fold}-seed0 \
@@ -78,7 +79,7 @@ def soup_fold(out: str, runs: list[str], fold: int) -> dict:
     experiment = Experiment(config).create(overwrite=True)
     write_average(experiment, [Experiment(c).model_dir for c in configs])
     after = score_final_model(experiment, torch.device("cpu"), "soup")
-    figures = soup_figures(config, metrics, after)
+    figures = soup_figures(config, configs, metrics, after)
     figures.update(name=config.output.name, finished=True, soup_of=names)
     experiment.write_metrics(figures)
     experiment.write_results(figures)

@@ -113,12 +113,14 @@ def _speakers(root: Path, name: str, speakers: dict) -> None:
     (root / f"{name}-cv" / "folds" / "folds.json").write_text(json.dumps({"speakers": speakers}))
 
 
-def test_one_run_of_a_soup_is_named_by_its_seed(tmp_path: Path):
-    # A soup's cv writes `soup-cv-fold<i>` (the soup) and `soup-cv-fold<i>-seed<S>` (its runs).
+@pytest.mark.parametrize("kind", ["seed", "member"])  # training.soup_seeds, soup_members
+def test_one_run_of_a_soup_is_named_by_its_seed_or_member(tmp_path: Path, kind: str):
+    # A soup's cv writes `soup-cv-fold<i>` (the soup) and `soup-cv-fold<i>-seed<S>` (its runs;
+    # `-member<I>` for a soup of recipes).
     _folds(tmp_path, "soup", BASE, BASE_YOUNG)
     for seed, delta in ((0, 0.01), (1, 0.03)):
         for i, wer in enumerate(_shift([delta] * 4), 1):
-            folder = tmp_path / f"soup-cv-fold{i}-seed{seed}"
+            folder = tmp_path / f"soup-cv-fold{i}-{kind}{seed}"
             folder.mkdir()
             final = {"wer": wer, "wer_by_age": {"5-7": BASE_YOUNG[i - 1]}}
             metrics = {"finished": True, "eval_after": final}
@@ -128,16 +130,16 @@ def test_one_run_of_a_soup_is_named_by_its_seed(tmp_path: Path):
     soup = compare_cv(tmp_path, "soup", "lever")["overall"]["difference"]
     assert soup["mean"] == pytest.approx(0.01)
     # One run, its seeds averaged: (0.01 + 0.03) / 2 above the soup.
-    runs = compare_cv(tmp_path, "soup-seed0,soup-seed1", "lever")
+    runs = compare_cv(tmp_path, f"soup-{kind}0,soup-{kind}1", "lever")
     assert runs["overall"]["difference"]["mean"] == pytest.approx(-0.01)
     assert runs["folds"] == [1, 2, 3, 4] and runs["verdict"] == "better"
     with pytest.raises(CVError, match="no finished fold"):
-        compare_cv(tmp_path, "soup-seed7", "lever")
+        compare_cv(tmp_path, f"soup-{kind}7", "lever")
     # The runs hold out the soup's speakers: folds.json is the soup's.
     _speakers(tmp_path, "soup", {"1": ["a"]})
     _speakers(tmp_path, "lever", {"1": ["b"]})
     with pytest.raises(CVError, match="different folds"):
-        compare_cv(tmp_path, "soup-seed0", "lever")
+        compare_cv(tmp_path, f"soup-{kind}0", "lever")
 
 
 def test_cli_prints_and_writes_the_table(tmp_path: Path, capsys):

@@ -435,12 +435,8 @@ def _leave_out_unweighted(data: dict, where: str) -> None:
         fail(where, "data.train_weights", f"has {len(weights)} weight(s) but data.train has "
              f"{len(train)} manifest(s): give one weight per manifest")  # fmt: skip
     if weights[0] == 0:
-        fail(
-            where,
-            "data.train_weights[0]",
-            "is 0, but data.train's first manifest (the "
-            "fold's speakers under kidwhisper cv) trains every member: 0 is for extras",
-        )
+        fail(where, "data.train_weights[0]", "is 0, but data.train's first manifest (under "
+             "kidwhisper cv the fold's speakers) trains every member: 0 is for extras")  # fmt: skip
     out = {i for i, weight in enumerate(weights) if weight == 0}
     data["source_augment"] = {
         key: block

@@ -37,7 +37,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"average of steps {average['steps']}: {percent(average['wer'])} (the final model)")
     soup = metrics.get("soup")
     if soup:
-        runs = ", ".join(f"seed {m['seed']} {percent(m.get('wer'))}" for m in soup["members"])
+        runs = ", ".join(
+            f"{m['name'] if m.get('changes') else 'seed ' + str(m['seed'])} {percent(m.get('wer'))}"
+            for m in soup["members"]
+        )
         print(f"the final model is the soup of {len(soup['members'])} runs ({runs}; their mean "
               f"{percent(soup['mean_wer'])})")  # fmt: skip
     print(f"training data: {metrics['bad_data_summary']}")

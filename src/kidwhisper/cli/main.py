@@ -140,7 +140,7 @@ def _add_training(sub) -> None:
     p.add_argument(
         "baseline", help="a cv name (cv-recommended) or its folder; several runs of one config "
         "(seeds) as NAME,NAME-s1: each fold's figure is their mean; one run of a soup as "
-        "SOUP-seed0 (SOUP-seed0,SOUP-seed1,SOUP-seed2: one run's mean)"
+        "SOUP-seed0 or SOUP-member0 (SOUP-seed0,SOUP-seed1,SOUP-seed2: one run's mean)"
     )  # fmt: skip
     p.add_argument("candidate", help="the cv (or runs) to judge against it, on the same folds")
     p.add_argument("--experiments-dir", type=Path, default=Path("experiments"))

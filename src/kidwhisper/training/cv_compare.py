@@ -12,8 +12,9 @@ Either side may be several runs of one config on the same folds, other training 
 (`cv-recommended,cv-recommended-s1`): each fold's figure is then their mean, over the folds
 every run of that side finished, so that the fold-by-fold difference carries less of the
 seed noise that one run per fold leaves in it. A soup's runs are named by their seed
-(`cv-soup-seed0`, the run `cv-soup-cv-fold<i>-seed0` of each fold), so that a single run
-can be paired with one run of a soup, not with the soup: `cv-soup-seed0,cv-soup-seed1`.
+(`cv-soup-seed0`, the run `cv-soup-cv-fold<i>-seed0` of each fold; `cv-soup-member0` in a
+soup of recipes), so that a single run can be paired with one run of a soup, not with the
+soup: `cv-soup-seed0,cv-soup-seed1`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from kidwhisper.training.cv import CVError, fold_result, stats
 
 YOUNGEST = "5-7"  # the bucket a lever must not make worse
 _FOLD = re.compile(r"-cv-fold(\d+)$")
-_SOUP_RUN = re.compile(r"^(.+)-seed(\d+)$")  # one run of a soup: `<soup name>-seed<S>`
+# One run of a soup: `<soup name>-seed<S>` (training.soup_seeds), `-member<I>` (soup_members).
+_SOUP_RUN = re.compile(r"^(.+)-((?:seed|member)\d+)$")
 
 
 def cv_name(name: str) -> str:
@@ -39,8 +41,8 @@ def cv_name(name: str) -> str:
 
 
 def _soup_run(experiments_dir: Path, name: str) -> tuple[str, str] | None:
-    """(soup, seed) when `name` is `<soup>-seed<S>` and no cv of that name exists (neither
-    its `-cv` folder nor a fold): one run of the soup, not a cv of its own."""
+    """(soup, run) when `name` is `<soup>-seed<S>` or `<soup>-member<I>` and no cv of that
+    name exists (neither its `-cv` folder nor a fold): one run of the soup, not a cv."""
     run = _SOUP_RUN.match(name)
     if run and not any(experiments_dir.glob(f"{name}-cv*")):
         return run.group(1), run.group(2)
@@ -49,12 +51,12 @@ def _soup_run(experiments_dir: Path, name: str) -> tuple[str, str] | None:
 
 def _fold_metrics(experiments_dir: Path, name: str) -> dict[int, Path]:
     """Fold number -> metrics.json of `name`'s fold experiments: its own folds, or, for one
-    run of a soup, the soup's run of that seed in each fold."""
+    run of a soup, the soup's run of that seed (or member) in each fold."""
     pattern, fold = f"{name}-cv-fold*", _FOLD
     run = _soup_run(experiments_dir, name)
     if run:
-        soup, seed = run
-        pattern, fold = f"{soup}-cv-fold*-seed{seed}", re.compile(rf"-cv-fold(\d+)-seed{seed}$")
+        soup, which = run
+        pattern, fold = f"{soup}-cv-fold*-{which}", re.compile(rf"-cv-fold(\d+)-{which}$")
     found = {}
     for path in sorted(experiments_dir.glob(f"{pattern}/metrics.json")):
         match = fold.search(path.parent.name)

@@ -261,7 +261,7 @@ def score_final_model(experiment: Experiment, device, tag: str) -> dict:
     return figures
 
 
-# --- a soup of seeds ------------------------------------------------------------------------
+# --- a soup of runs -------------------------------------------------------------------------
 
 
 def is_soup(config: Config) -> bool:
