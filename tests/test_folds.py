@@ -297,7 +297,7 @@ def test_cv_of_a_soup_reports_one_run_beside_the_soup(pool, tmp_path: Path):
     assert math.isclose(result["summary"]["runs"]["mean"], 0.21)
     assert math.isclose(result["summary"]["soup_minus_run"]["mean"], -0.01)
     table = (tmp_path / "exp" / "mix-cv" / "cv.md").read_text()
-    assert "| one run (mean of the soup's seeds) | 21.00% ± 10.00% [11.00%–31.00%] |" in table
+    assert "| one run (mean of the soup's runs) | 21.00% ± 10.00% [11.00%–31.00%] |" in table
     assert "| soup - one run (points) | -1.00 ± 0.00 | -1.00 | -1.00 | -1.00 |" in table
 
 

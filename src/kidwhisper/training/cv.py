@@ -175,7 +175,7 @@ def markdown(name: str, per_fold: list[dict], summary: dict) -> str:
     if "runs" in summary:  # soups: the mean of each fold's runs, and the soup's gain on it
         runs = [f["runs"]["wer"] for f in per_fold]
         cells = " | ".join(percent(v) for v in runs)
-        lines.append(f"| one run (mean of the soup's seeds) | {cell(summary['runs'])} | {cells} |")
+        lines.append(f"| one run (mean of the soup's runs) | {cell(summary['runs'])} | {cells} |")
         s = summary["soup_minus_run"]
         cells = " | ".join(f"{100 * (f['wer'] - f['runs']['wer']):+.2f}" for f in per_fold)
         lines.append(f"| soup - one run (points) | {100 * s['mean']:+.2f} ± "
