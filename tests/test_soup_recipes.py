@@ -13,6 +13,7 @@ from kidwhisper.config import ConfigError, load_config, soup_member_configs
 from kidwhisper.training.experiments import run_experiment
 
 from .conftest import QUICKSTART, REPO, check_model_card
+from .test_soup import _overrides
 
 WEIGHTS = "model.safetensors"
 # The second member trains on data.train's first manifest alone, at another learning rate.
@@ -21,22 +22,13 @@ MEMBERS = (
 )
 
 
-def _overrides(tmp_path: Path, *extra: str) -> list[str]:
-    return [
-        "model.variant=tiny", "model.pretrained=random",
-        f"data.train=[{QUICKSTART / 'train.jsonl'},{QUICKSTART / 'dev.jsonl'}]",
-        "data.train_weights=[1,1]", f"data.eval={QUICKSTART / 'dev.jsonl'}",
-        "data.max_eval_samples=3", "data.num_workers=0", "training.batch_size=4",
-        "training.max_steps=2", "training.warmup_steps=0", "training.lr=1e-3",
-        "training.gradient_checkpointing=false", "evaluation.max_new_tokens=8",
-        "evaluation.before_training=false", f"output.checkpoints_dir={tmp_path / 'ckpt'}",
-        f"output.experiments_dir={tmp_path / 'exp'}", "output.name=soup",
-        f"training.soup_members={MEMBERS}", *extra,
-    ]  # fmt: skip
-
-
 def _config(tmp_path: Path, *extra: str):
-    return load_config(REPO / "configs/quickstart.yaml", _overrides(tmp_path, *extra))
+    """test_soup's tiny soup, as a soup of recipes on two training manifests."""
+    recipes = [
+        f"data.train=[{QUICKSTART / 'train.jsonl'},{QUICKSTART / 'dev.jsonl'}]",
+        "data.train_weights=[1,1]", "training.soup_seeds=[]", f"training.soup_members={MEMBERS}",
+    ]  # fmt: skip
+    return load_config(REPO / "configs/quickstart.yaml", _overrides(tmp_path, *recipes, *extra))
 
 
 @pytest.fixture(scope="module")
