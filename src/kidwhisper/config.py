@@ -429,11 +429,8 @@ def _leave_out_unweighted(data: dict, where: str) -> None:
     """A member's data.train_weights of 0 leave that extra manifest out (and its
     data.source_augment block); with one manifest left, each clip is seen once an epoch."""
     weights, train = data.get("train_weights"), data["train"]
-    if not weights or 0 not in weights:
-        return
-    if len(weights) != len(train):
-        fail(where, "data.train_weights", f"has {len(weights)} weight(s) but data.train has "
-             f"{len(train)} manifest(s): give one weight per manifest")  # fmt: skip
+    if not weights or 0 not in weights or len(weights) != len(train):
+        return  # nothing to leave out, or a misaligned list _validate_weights reports
     if weights[0] == 0:
         fail(where, "data.train_weights[0]", "is 0, but data.train's first manifest (under "
              "kidwhisper cv the fold's speakers) trains every member: 0 is for extras")  # fmt: skip
