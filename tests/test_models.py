@@ -100,3 +100,35 @@ def test_saved_model_reloads_identically(tmp_path, random_tiny):
 def test_missing_local_folder_is_named():
     with pytest.raises(FileNotFoundError, match=r"\./no/such/model"):
         WhisperModel("tiny", pretrained="./no/such/model").load()
+
+
+def _forward(model, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)
+    features = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(0))
+    return model(input_features=features, decoder_input_ids=torch.tensor([[50258, 50259]])).logits
+
+
+def test_dropout_flows_from_config_and_only_trains(tmp_path):
+    config = load_config(
+        None, ["model.variant=tiny", "model.pretrained=random", "training.dropout=0.2"]
+    )
+    model = ModelFactory(config).create().model
+    layers = [*model.model.encoder.layers, *model.model.decoder.layers]
+    assert {layer.dropout for layer in layers} == {0.2}
+    model.train()
+    assert not torch.allclose(_forward(model, 1), _forward(model, 2))  # masks drawn
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(_forward(model, 1), _forward(model, 2))  # none at evaluation
+    # A saved model remembers 0.2 in its config.json; the loading config still decides.
+    ModelFactory(config).create().save(tmp_path / "m")
+    again = WhisperModel("tiny", pretrained=str(tmp_path / "m")).load().model
+    assert {layer.dropout for layer in again.model.decoder.layers} == {0.0}
+    again.train()
+    with torch.no_grad():
+        assert torch.equal(_forward(again, 1), _forward(again, 2))
+
+
+def test_dropout_out_of_range_is_refused():
+    with pytest.raises(ValueError, match=r"training\.dropout"):
+        load_config(None, ["training.dropout=0.9"])

@@ -59,11 +59,14 @@ class WhisperModel:
         task: str = "transcribe",
         seed: int = 0,
         audio_context: str | float | None = None,
+        dropout: float = 0.0,
     ) -> None:
         self.variant: Variant = get_variant(variant)
         self.audio_context = None if audio_context is None else parse_context(audio_context)
         self.pretrained = pretrained or f"openai/whisper-{variant}"
         self.language, self.task, self.seed = language, task, seed
+        # Set on every load, whatever the source's config.json says: the caller decides.
+        self.dropout = dropout
         self.model: WhisperForConditionalGeneration | None = None
         self.tokenizer: WhisperTokenizerFast | None = None
 
@@ -75,7 +78,9 @@ class WhisperModel:
             self.model, self.tokenizer = self._random()
         else:
             folder = self._resolve()
-            self.model = WhisperForConditionalGeneration.from_pretrained(folder)
+            self.model = WhisperForConditionalGeneration.from_pretrained(
+                folder, dropout=self.dropout
+            )
             self.tokenizer = WhisperTokenizerFast.from_pretrained(folder)
         self._check_architecture()
         enable_short_input(self.model)
@@ -123,6 +128,7 @@ class WhisperModel:
             bos_token_id=ids.eot,
             # WhisperConfig's default [220, 50256] is English-only's " " and end token.
             begin_suppress_tokens=[*tokenizer.encode(" ", add_special_tokens=False), ids.eot],
+            dropout=self.dropout,
         )
         torch.manual_seed(self.seed)
         return WhisperForConditionalGeneration(config), tokenizer
@@ -182,6 +188,7 @@ class ModelFactory:
             task=m.task,
             seed=self.config.training.seed,
             audio_context=m.audio_context,
+            dropout=self.config.training.dropout,
         ).load()
 
 

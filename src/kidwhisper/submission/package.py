@@ -52,6 +52,7 @@ SHIPPED_PACKAGES = (
 )
 SHIPPED_MODULES = (
     "kidwhisper.config",
+    "kidwhisper.settings",
     "kidwhisper.schema",
     "kidwhisper.errors",
     "kidwhisper.device",
