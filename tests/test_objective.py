@@ -75,3 +75,21 @@ def test_training_with_the_anchor_keeps_it_frozen(real_manifest: Path, tmp_path:
     assert not anchored & optimized
     trained = run.model.model.encoder.conv1.weight
     assert not torch.equal(trained, start["model.encoder.conv1.weight"])
+
+
+def test_label_smoothing_is_the_objective_only(random_tiny, batch):
+    model, eps = random_tiny.model.eval(), 0.1
+    objective, ce = summed_loss(model, batch, torch.device("cpu"), label_smoothing=eps)
+    plain, plain_ce = summed_loss(model, batch, torch.device("cpu"))
+    torch.testing.assert_close(ce, plain_ce)  # what is logged stays comparable
+    with torch.no_grad():
+        logits = model(
+            input_features=batch["input_features"], decoder_input_ids=batch["decoder_input_ids"]
+        ).logits
+    keep = batch["labels"] != -100
+    log_p = torch.log_softmax(logits[keep].double(), dim=-1)
+    nll = -log_p.gather(1, batch["labels"][keep][:, None]).sum()
+    uniform = -log_p.mean(dim=-1).sum()  # eps spread evenly over the vocabulary
+    expected = (1 - eps) * nll + eps * uniform
+    torch.testing.assert_close(objective.double(), expected, rtol=1e-5, atol=0)
+    assert not torch.allclose(objective, plain)  # the smoothing did change the objective

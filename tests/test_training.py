@@ -13,9 +13,11 @@ from kidwhisper.config import load_config
 from kidwhisper.data.dataset import SpeechDataset, WhisperCollator, read_manifest
 from kidwhisper.models.factory import WhisperModel
 from kidwhisper.training.loop import train
+from kidwhisper.training.run import Run
 from kidwhisper.training.schedule import lr_lambda
 
-from .conftest import REPO, check_model_card
+from .conftest import REPO, check_model_card, state_copy, train_steps
+from .test_lora import _overrides
 
 
 @torch.inference_mode()
@@ -120,3 +122,20 @@ def test_cli_train_writes_the_experiment_folder(real_manifest: Path, tmp_path: P
     # A second run with the same name refuses to clobber the first.
     assert main(args) == 2
     assert "already holds a finished run" in capsys.readouterr().err
+
+
+def test_dropout_and_label_smoothing_resume_exactly(tmp_path: Path):
+    """Dropout's masks come from the global RNG, which a checkpoint restores: the resumed
+    run draws the masks the uninterrupted one drew, and ends on the same weights."""
+    extra = ("training.dropout=0.1", "training.label_smoothing=0.1")
+    config = load_config(None, _overrides(tmp_path, *extra))
+    run = Run(config)
+    batches = train_steps(run, 2)
+    run.save(None)
+    train_steps(run, 1, batches)
+    again = Run(config)
+    assert again.resume() and again.state.step == 2
+    train_steps(again, 1)
+    expected, after = state_copy(run.model), state_copy(again.model)
+    assert after.keys() == expected.keys()
+    assert all(torch.equal(after[k], expected[k]) for k in expected)

@@ -114,6 +114,8 @@ class TrainingConfig:
     # each attention and feed-forward block's output); 0 is how Whisper was pretrained.
     # Only training draws it: evaluation and inference run the model in eval mode.
     dropout: float = field(default=0.0, metadata={"min": 0, "max": 0.5})
+    # Label smoothing of the training cross-entropy (training/objective.py); 0: off.
+    label_smoothing: float = field(default=0.0, metadata={"min": 0, "max": 0.5})
     epochs: float = field(default=3.0, metadata={"gt": 0})
     max_steps: int | None = field(default=None, metadata=_min(1))  # overrides epochs
     warmup_steps: int = field(default=50, metadata=_min(0))

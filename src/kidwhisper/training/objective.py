@@ -7,7 +7,9 @@ into processes and micro-batches. The anchor adds `weight(step) * KL(p_base || p
 summed over the label tokens, where `p_base` is the next-token distribution of a frozen
 copy of the model as training began (a noisy-classroom prize winner of "On Top of
 Pasketti" used such a penalty). The weight is constant or fades to zero on a cosine, so
-the model is held close early and free late.
+the model is held close early and free late. With label smoothing the cross-entropy's
+target keeps 1 - eps on the label and spreads eps over the vocabulary (the objective only:
+the cross-entropy returned for logging is the plain one, comparable between runs).
 """
 
 from __future__ import annotations
@@ -62,18 +64,29 @@ def summed_loss(
     device: torch.device,
     anchor: KLAnchor | None = None,
     step: int = 0,
+    label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(objective, cross-entropy), each summed over the batch's target tokens (teacher
-    forcing); the objective adds the KL anchor's term when there is one."""
+    forcing); the objective smooths the labels by `label_smoothing` and adds the KL
+    anchor's term when there is one."""
     labels = batch["labels"].to(device)
     logits = model(
         input_features=batch["input_features"].to(device),
         decoder_input_ids=batch["decoder_input_ids"].to(device),
     ).logits
-    ce = F.cross_entropy(
-        logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
+    flat_logits, flat_labels = logits.float().flatten(0, 1), labels.flatten()
+    ce = F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    loss = ce
+    if label_smoothing:
+        loss = F.cross_entropy(
+            flat_logits,
+            flat_labels,
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+            label_smoothing=label_smoothing,
+        )
+        ce = ce.detach()  # reported only
     weight = anchor.weight_at(step) if anchor else 0.0
     if weight == 0.0:
-        return ce, ce
-    return ce + weight * summed_kl(logits, anchor.base_logits(batch, device), labels), ce
+        return loss, ce
+    return loss + weight * summed_kl(logits, anchor.base_logits(batch, device), labels), ce

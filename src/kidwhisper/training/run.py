@@ -250,7 +250,12 @@ class Run:
             with distributed.maybe_no_sync(self.model, sync=last):
                 with self.autocast():
                     objective_sum, loss = objective.summed_loss(
-                        self.model, batch, self.device, self.anchor, self.state.step
+                        self.model,
+                        batch,
+                        self.device,
+                        self.anchor,
+                        self.state.step,
+                        self.config.training.label_smoothing,
                     )
                 self.scaler.scale(objective_sum * scale).backward()
             window_loss += loss.item()
