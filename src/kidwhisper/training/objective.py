@@ -75,17 +75,19 @@ def summed_loss(
         decoder_input_ids=batch["decoder_input_ids"].to(device),
     ).logits
     flat_logits, flat_labels = logits.float().flatten(0, 1), labels.flatten()
-    ce = F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    loss = ce
+    loss = F.cross_entropy(
+        flat_logits,
+        flat_labels,
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+        label_smoothing=label_smoothing,
+    )
+    ce = loss
     if label_smoothing:
-        loss = F.cross_entropy(
-            flat_logits,
-            flat_labels,
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-            label_smoothing=label_smoothing,
-        )
-        ce = ce.detach()  # reported only
+        with torch.no_grad():  # reported only: no graph for it
+            ce = F.cross_entropy(
+                flat_logits, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum"
+            )
     weight = anchor.weight_at(step) if anchor else 0.0
     if weight == 0.0:
         return loss, ce
