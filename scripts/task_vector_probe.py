@@ -1,0 +1,53 @@
+"""Probe (docs/experiments.md, issue 18): scale a soup's task vector, the difference between
+its mean weights and the pretrained start, as WiSE-FT (Wortsman et al. 2022) does:
+theta = theta_start + alpha * (mean(members) - theta_start). alpha 1 is the soup itself,
+below 1 leans towards the pretrained model (robustness to other speech), above 1 away
+from it. Not a feature: neither side of 1 beat the soup.
+
+    python scripts/task_vector_probe.py OUT START ALPHAS MEMBER [MEMBER ...]
+    python scripts/task_vector_probe.py /tmp/tv-f1 bundled:tiny.en 0.8,1.0,1.2 \
+        checkpoints/cv-mixre2-cv-fold1-seed0/final checkpoints/cv-mixre2-cv-fold1-seed1/final \
+        checkpoints/cv-unmix-s0b-cv-fold1/final
+    kidwhisper evaluate /tmp/tv-f1-a0.8 --data experiments/<cv>/folds/fold_1/heldout.jsonl
+
+It writes one model folder per alpha, OUT-a<alpha>: the first member's folder (tokenizer,
+configs, kidwhisper.yaml) with the scaled weights.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from kidwhisper.models.averaging import average_weights, load_weights, model_folder
+from kidwhisper.models.factory import load_model
+
+
+def main(out: str, start: str, alphas: list[float], members: list[Path]) -> None:
+    folders = [model_folder(m) for m in members]
+    mean = average_weights(folders)
+    base = load_model(start).model.state_dict()
+    dtypes = {k: v.dtype for k, v in load_weights(folders[0]).items()}
+    for alpha in alphas:
+        target = Path(f"{out}-a{alpha}")
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(folders[0], target)
+        scaled = {}
+        for key, value in mean.items():
+            start_value = base[key].to(torch.float64)
+            moved = start_value + alpha * (value.to(torch.float64) - start_value)
+            scaled[key] = moved.to(dtypes[key]).contiguous()
+        save_file(scaled, target / "model.safetensors", metadata={"format": "pt"})
+        print(target)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 5:
+        raise SystemExit(__doc__)
+    main(sys.argv[1], sys.argv[2], [float(a) for a in sys.argv[3].split(",")],
+         [Path(m) for m in sys.argv[4:]])  # fmt: skip
