@@ -23,15 +23,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from kidwhisper.models.averaging import average_weights, load_weights, model_folder
+from kidwhisper.models.averaging import average_weights, model_folder
 from kidwhisper.models.factory import load_model
 
 
 def main(out: str, start: str, alphas: list[float], members: list[Path]) -> None:
     folders = [model_folder(m) for m in members]
-    mean = average_weights(folders)
+    mean = average_weights(folders)  # in the first member's dtypes, as the soup writes it
     base = load_model(start).model.state_dict()
-    dtypes = {k: v.dtype for k, v in load_weights(folders[0]).items()}
     for alpha in alphas:
         target = Path(f"{out}-a{alpha}")
         if target.exists():
@@ -41,7 +40,7 @@ def main(out: str, start: str, alphas: list[float], members: list[Path]) -> None
         for key, value in mean.items():
             start_value = base[key].to(torch.float64)
             moved = start_value + alpha * (value.to(torch.float64) - start_value)
-            scaled[key] = moved.to(dtypes[key]).contiguous()
+            scaled[key] = moved.to(value.dtype).contiguous()
         save_file(scaled, target / "model.safetensors", metadata={"format": "pt"})
         print(target)
 
