@@ -100,7 +100,7 @@ def test_unpack_check_passes_large_v3_and_refuses_the_bomb(capsys):
 
 
 @pytest.mark.integration
-@pytest.mark.slow  # --quick: about 2 min of CPU (2 folds x plain + a soup of 3, one step each)
+@pytest.mark.slow  # --quick: about 2 min of CPU (2 folds x plain + a soup of 4, one step each)
 @needs_shared
 def test_accuracy_quick_prints_plain_and_kidwhisper_on_the_same_folds(tmp_path: Path, capsys):
     pytest.importorskip("accelerate", reason="transformers' Trainer needs accelerate")
@@ -109,17 +109,17 @@ def test_accuracy_quick_prints_plain_and_kidwhisper_on_the_same_folds(tmp_path: 
     figures = bench.main(args)
     table = capsys.readouterr().out
     sides = [r["side"] for r in figures["rows"]]
-    assert sides == [  # the recommended config is a soup of 3 runs: one soup a fold
+    assert sides == [  # the recommended config is a soup of 4 runs: one soup a fold
         "plain tiny.en",
         "kidwhisper kids_recommended.yaml, one run (mean of its runs)",
-        "kidwhisper kids_recommended.yaml: the soup of its 3 runs",
+        "kidwhisper kids_recommended.yaml: the soup of its 4 runs",
     ]
     for side in sides:
         assert f"| {side} |" in table
     one_run, soup = figures["rows"][1:]
-    assert soup["runs"] == 3 and soup["overall"]["n"] == 2  # seeds per fold, folds
+    assert soup["runs"] == 4 and soup["overall"]["n"] == 2  # seeds per fold, folds
     assert one_run["seed_spread"] == soup["seed_spread"]  # the same runs: the soup's
-    assert len(list((tmp_path / "experiments").glob("*-cv-fold2-member*"))) == 3
+    assert len(list((tmp_path / "experiments").glob("*-cv-fold2-member*"))) == 4
     assert all(r["wall_seconds"] > 0 and r["overall"]["mean"] >= 0 for r in figures["rows"])
     assert "kidwhisper - plain, per fold (2 folds):" in table
     assert json.loads((tmp_path / "a.json").read_text())["rows"][0]["side"] == sides[0]
