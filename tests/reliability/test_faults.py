@@ -8,6 +8,7 @@ optimizer, checkpoints, the CLI, a real `kidwhisper train` process) is the real 
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import subprocess
 import sys
@@ -148,20 +149,37 @@ def test_split_batch_keeps_every_clip_once():
 def _start_training(overrides: list[str], log: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "kidwhisper", "train", str(QUICKSTART_YAML), *overrides]
     with open(log, "w") as stderr:  # the child keeps its own handle
-        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+        # Its own process group, so that a signal to the group reaches it and its workers only.
+        return subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            text=True,
+            start_new_session=True,
+        )
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize(
+    ("signum", "to_group"),
+    [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGTERM, True)],
+    ids=["SIGTERM", "SIGINT", "SIGTERM-to-group-with-a-worker"],
+)
 def test_signal_writes_a_checkpoint_and_the_same_command_resumes(
-    signum, tmp_path, quickstart_config
+    signum, to_group, tmp_path, quickstart_config
 ):
-    overrides = [*quickstart_config, "training.max_steps=400", "training.log_every_steps=1"]
+    """`to_group`: as Slurm, Ctrl-C and `pkill -f` do, the DataLoader's worker gets it too."""
+    workers = ["data.num_workers=1"] if to_group else []
+    overrides = [*quickstart_config, *workers, "training.max_steps=400"]
+    overrides.append("training.log_every_steps=1")
     log = tmp_path / "stderr.log"
     proc = _start_training(overrides, log)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and log.read_text().count(" loss ") < 3:
         time.sleep(0.2)
-    proc.send_signal(signum)
+    if to_group:
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
     proc.wait(timeout=120)
     err = log.read_text()
     assert proc.returncode == 128 + signum, err[-2000:]

@@ -78,9 +78,12 @@ class StopSignals:
 
 
 def ignore_interrupts(worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: Ctrl-C reaches the whole process group; the workers
-    leave it to the main process, which stops cleanly and then ends them."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """DataLoader `worker_init_fn`: Ctrl-C, Slurm's pre-emption and `pkill -f` reach the whole
+    process group; the workers leave the stop signals to the main process, which finishes its
+    step, checkpoints and then ends them (a worker that died first would fail that step).
+    A worker still exits when the main process is gone: the DataLoader's watchdog checks."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 # --- out of memory -------------------------------------------------------------------------
