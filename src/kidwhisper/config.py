@@ -181,7 +181,7 @@ def source_index(key: str, train: list[str], source: str = "<config>") -> int:
 # --- a soup of recipes (training.soup_members) ---------------------------------------------
 # What every member of a soup shares: the start, how and on what it is scored, where it goes.
 MEMBER_FIXED = ("model", "evaluation", "output", "data.train", "data.eval", "data.guard_eval",
-                "training.soup_seeds", "training.soup_members")  # fmt: skip
+                "training.soup_seeds", "training.soup_members", "training.soup_jobs")  # fmt: skip
 
 
 def soup_member_configs(config: Config, source: str = "<config>") -> list[Config]:
@@ -194,7 +194,7 @@ def soup_member_configs(config: Config, source: str = "<config>") -> list[Config
     if len(changes) < 2:
         fail(source, "training.soup_members", f"needs two or more members, got {changes}")
     base = config.to_dict()
-    base["training"].update(soup_seeds=[], soup_members=[])
+    base["training"].update(soup_seeds=[], soup_members=[], soup_jobs=1)
     members: list[Config] = []
     for i, change in enumerate(changes):
         where = f"{source} (training.soup_members[{i}])"

@@ -165,6 +165,10 @@ class TrainingConfig:
     # may leave out an extra data.train manifest with data.train_weights 0 (its first, the
     # training set proper, stays in: under `kidwhisper cv`, the fold's speakers).
     soup_members: list[dict[str, Any]] = field(default_factory=list)
+    # How many of a soup's runs train at once, each in a process of its own with its share
+    # of the threads (training/side_by_side.py): on a CPU, one run uses a second core poorly.
+    # How the soup runs, not what it is: the same soup whatever the number.
+    soup_jobs: int = field(default=1, metadata=_min(1))
     # Balanced sampling by age bucket (data/weighting.py): `none`, `inverse` (every bucket
     # equally often) or a mapping bucket -> weight (its share of drawn clips, e.g.
     # {5-7: 2, 8-11: 1}; entries without a bucket are `unknown`). Clips are then drawn with

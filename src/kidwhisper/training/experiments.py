@@ -42,6 +42,10 @@ class ExperimentExistsError(FileExistsError):
     pass
 
 
+# Keys that change how a run goes, not what it trains: a run resumed with another is the same.
+HOW_NOT_WHAT = {"training.soup_jobs"}
+
+
 def _leaves(tree: dict, prefix: str = "") -> dict:
     """{"training.lr": 3e-05, ...} from a nested config dict."""
     leaves = {}
@@ -81,7 +85,8 @@ class Experiment:
             return []
         now = yaml.safe_load(dump_config(self.config))  # as saved: lists, not tuples
         ran, now = _leaves(saved or {}), _leaves(now)
-        return sorted(key for key in ran.keys() | now.keys() if ran.get(key) != now.get(key))
+        keys = (ran.keys() | now.keys()) - HOW_NOT_WHAT
+        return sorted(key for key in keys if ran.get(key) != now.get(key))
 
     def create(self, overwrite: bool = False) -> Experiment:
         """Make the folder; refuse to clobber a finished run unless `overwrite`."""
@@ -280,6 +285,7 @@ def soup_members(config: Config) -> list[Config]:
     for seed in config.training.soup_seeds:
         member = copy.deepcopy(config)
         member.training.seed, member.training.soup_seeds = seed, []
+        member.training.soup_jobs = 1
         member.output.name = f"{config.output.name}-seed{seed}"
         members.append(member)
     return members
@@ -314,6 +320,7 @@ def run_soup(config: Config, overwrite: bool = False, resume: bool = False) -> d
     one resumes), then average their final models into this run's final model and score it.
     metrics.json: `eval_after` is the soup's evaluation, `soup` each run's and their mean."""
     from kidwhisper.training.checkpoint import latest_checkpoint
+    from kidwhisper.training.side_by_side import Job, run_side_by_side
 
     experiment, members = Experiment(config), soup_members(config)
     folders = [Experiment(m) for m in members]
@@ -328,9 +335,15 @@ def run_soup(config: Config, overwrite: bool = False, resume: bool = False) -> d
                      "average redone", experiment.dir, names)  # fmt: skip
         experiment.create(overwrite or regrow)
     recorder = Recorder(experiment)
+    todo = [(m, f) for m, f in zip(members, folders, strict=True) if overwrite or not f.finished()]
+    side_by_side = config.training.soup_jobs > 1 and len(todo) > 1
+    if side_by_side:  # --resume insists on a checkpoint for the first run only, as below
+        jobs = [Job(m.output.name, f.checkpoint_dir, (m, overwrite, resume and i == 0))
+                for i, (m, f) in enumerate(todo)]  # fmt: skip
+        run_side_by_side(run_experiment, jobs, config.training.soup_jobs)
     runs, started = [], False
     for member, folder in zip(members, folders, strict=True):
-        if overwrite or not folder.finished():  # an unfinished run resumes by itself
+        if not side_by_side and (overwrite or not folder.finished()):  # resumes by itself
             # --resume insists on a checkpoint: only the first run not yet finished has one.
             runs.append(run_experiment(member, overwrite, resume and not started))
             started = True

@@ -39,13 +39,13 @@ class TrainingError(UserError, RuntimeError):
 class Interrupted(Exception):
     """The run stopped on a signal after writing a checkpoint."""
 
-    def __init__(self, signum: int, step: int, checkpoint: Path | None) -> None:
+    def __init__(
+        self, signum: int, step: int, checkpoint: Path | None, where: str | None = None
+    ) -> None:
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
         name = signal.Signals(signum).name
-        super().__init__(
-            f"stopped by {name} at step {step}; checkpoint {checkpoint}: run the same command "
-            "again to resume from it"
-        )
+        where = where or f"at step {step}; checkpoint {checkpoint}"
+        super().__init__(f"stopped by {name} {where}: run the same command again to resume")
 
 
 class StopSignals:

@@ -1,0 +1,135 @@
+"""A soup's members trained side by side, each in a process of its own (training.soup_jobs).
+
+One training run uses a CPU's cores poorly: a second thread speeds a base run up only about
+1.15x on 2 cores, so two members at a time, a thread each, finish a soup sooner than one
+after another. Each member is an ordinary run (its folders, checkpoints and resume alike).
+
+Signals: each member runs in a process group of its own, so only this process passes a
+SIGTERM/SIGINT on to them, once for each it receives (a signal to the whole group, as Slurm,
+Ctrl-C and `pkill -f` send, would otherwise reach them twice). At the first, the members
+finish their step, checkpoint and stop; at a second they die, as a lone run would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from pathlib import Path
+
+import torch
+
+from kidwhisper.errors import UserError
+from kidwhisper.training.checkpoint import checkpoint_step, latest_checkpoint
+from kidwhisper.training.faults import STOP_SIGNALS, Interrupted, TrainingError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """One member: its name (the process's, in its log lines), checkpoint folder and the
+    arguments of the function that trains it."""
+
+    name: str
+    checkpoint_dir: Path
+    args: tuple
+
+
+def _member(target: Callable, args: tuple, threads: int, level: int) -> None:
+    """A member's process: its own group and share of the cores, then the run itself."""
+    os.setpgrp()  # signals reach it through the parent only (see the module's docstring)
+    torch.set_num_threads(threads)
+    name = multiprocessing.current_process().name
+    logging.basicConfig(
+        level=level,
+        format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        target(*args)
+    except Interrupted as err:  # a checkpoint was written
+        log.warning("%s", err)
+        sys.exit(128 + err.signum)
+    except (UserError, FileNotFoundError, FileExistsError) as err:
+        log.error("%s", err)
+        sys.exit(2)
+
+
+def run_side_by_side(target: Callable, jobs: list[Job], at_once: int) -> None:
+    """`target(*job.args)` for every job, `at_once` at a time in spawned processes that share
+    this process's threads. A member that fails stops the others at a checkpoint."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise TrainingError("training.soup_jobs: runs side by side are for one process; under "
+                            "torchrun set training.soup_jobs=1")  # fmt: skip
+    at_once = min(at_once, len(jobs))
+    threads = max(1, torch.get_num_threads() // at_once)
+    log.info("training %d runs, %d at a time with %d threads each: %s", len(jobs), at_once,
+             threads, ", ".join(job.name for job in jobs))  # fmt: skip
+    context = multiprocessing.get_context("spawn")  # no fork of a process with threads
+    level = logging.getLogger().getEffectiveLevel()
+    pending, running = list(jobs), {}
+    received: list[int] = []
+    failed: list[tuple[Job, int]] = []
+
+    def pass_on(signum: int, frame) -> None:
+        received.append(signum)
+        log.warning("%s received: passed on to %s", signal.Signals(signum).name,
+                    ", ".join(job.name for job, _ in running.values()) or "no run")  # fmt: skip
+        for _, process in running.values():
+            _signal(process, signum)
+
+    previous = {signum: signal.signal(signum, pass_on) for signum in STOP_SIGNALS}
+    try:
+        while running or (pending and not received and not failed):
+            while pending and len(running) < at_once and not received and not failed:
+                job = pending.pop(0)
+                process = context.Process(target=_member, name=job.name,
+                                          args=(target, job.args, threads, level))  # fmt: skip
+                process.start()
+                running[job.name] = (job, process)
+            wait([process.sentinel for _, process in running.values()], timeout=1.0)
+            for name, (job, process) in list(running.items()):
+                if process.exitcode is None:
+                    continue
+                del running[name]
+                if process.exitcode != 0 and not received and not failed:
+                    failed.append((job, process.exitcode))
+                    for _, other in running.values():  # checkpoint and stop
+                        _signal(other, signal.SIGTERM)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    _report(jobs, pending, received, failed)
+
+
+def _signal(process, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it has just ended
+        os.kill(process.pid, signum)
+
+
+def _report(jobs: list[Job], pending: list[Job], received: list[int], failed: list) -> None:
+    """Raise for a stopped or failed soup, naming where each started run stands."""
+    if not (received or failed):
+        return
+    stood = []
+    for job in jobs:
+        if job in pending:
+            continue
+        latest = latest_checkpoint(job.checkpoint_dir)
+        at = f"step {checkpoint_step(latest)}, {latest}" if latest else "no checkpoint"
+        stood.append(f"{job.name} ({at})")
+    if failed:
+        job, code = failed[0]
+        raise TrainingError(
+            f"soup member {job.name} failed (exit {code}; its error is logged above); the "
+            f"others were stopped: {'; '.join(stood)}. Fix it and run the same command again: "
+            "finished members are kept and stopped ones resume"
+        )
+    raise Interrupted(received[0], step=0, checkpoint=None, where=f"with {'; '.join(stood)}")
