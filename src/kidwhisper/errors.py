@@ -9,3 +9,7 @@ Anything else is a bug and keeps its traceback.
 
 class UserError(Exception):
     """A problem with the user's input or environment; the message says what to do."""
+
+
+# What the command line reports in one line (exit 2): a missing or existing file is one too.
+USER_ERRORS = (UserError, FileNotFoundError, FileExistsError)

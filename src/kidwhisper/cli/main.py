@@ -34,12 +34,8 @@ from kidwhisper.cli.commands import (
     cmd_transcribe,
 )
 from kidwhisper.config import EvaluationConfig
-from kidwhisper.errors import UserError
+from kidwhisper.errors import USER_ERRORS
 from kidwhisper.training.faults import Interrupted
-
-# Errors a user can fix: one line, exit 2. A missing or existing file named on the command
-# line is one too.
-USER_ERRORS = (UserError, FileNotFoundError, FileExistsError)
 
 
 def _audio_context_arg(p: argparse.ArgumentParser, guards: bool = False) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from kidwhisper.errors import UserError
+from kidwhisper.errors import USER_ERRORS
 from kidwhisper.training.checkpoint import checkpoint_step, latest_checkpoint
 from kidwhisper.training.faults import STOP_SIGNALS, Interrupted, TrainingError
 
@@ -57,7 +57,7 @@ def _member(target: Callable, args: tuple, threads: int, level: int) -> None:
     except Interrupted as err:  # a checkpoint was written
         log.warning("%s", err)
         sys.exit(128 + err.signum)
-    except (UserError, FileNotFoundError, FileExistsError) as err:
+    except USER_ERRORS as err:  # one line, as the command line gives it
         log.error("%s", err)
         sys.exit(2)
 
