@@ -166,7 +166,7 @@ class TrainingConfig:
     # training set proper, stays in: under `kidwhisper cv`, the fold's speakers).
     soup_members: list[dict[str, Any]] = field(default_factory=list)
     # How many of a soup's runs train at once, each in a process of its own with its share
-    # of the threads (training/side_by_side.py): on a CPU, one run uses a second core poorly.
+    # of the threads (training/side_by_side.py): for machines where one run leaves cores idle.
     # How the soup runs, not what it is: the same soup whatever the number.
     soup_jobs: int = field(default=1, metadata=_min(1))
     # Balanced sampling by age bucket (data/weighting.py): `none`, `inverse` (every bucket
