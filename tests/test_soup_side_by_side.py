@@ -71,6 +71,7 @@ def _member_losses(log: Path) -> list[int]:
 def test_a_signal_to_the_group_stops_every_member_at_a_checkpoint_and_they_resume(tmp_path):
     """As Slurm and `pkill -f` do: the members hear it once, through the soup's process."""
     overrides = [*_overrides(tmp_path), "training.soup_jobs=2", "training.log_every_steps=1"]
+    overrides.append("data.num_workers=1")  # a worker each, which must not outlive its run
     command = [sys.executable, "-m", "kidwhisper", "train", str(REPO / "configs/quickstart.yaml")]
     log = tmp_path / "stderr.log"
     with open(log, "w") as stderr:

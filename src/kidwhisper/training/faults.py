@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import threading
@@ -78,12 +79,21 @@ class StopSignals:
 
 
 def ignore_interrupts(worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: Ctrl-C, Slurm's pre-emption and `pkill -f` reach the whole
-    process group; the workers leave the stop signals to the main process, which finishes its
-    step, checkpoints and then ends them (a worker that died first would fail that step).
-    A worker still exits when the main process is gone: the DataLoader's watchdog checks."""
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
+    """DataLoader `worker_init_fn`. Ctrl-C, Slurm's pre-emption and `pkill -f` reach the whole
+    process group: the workers leave them to the main process, which finishes its step
+    (with their batches), checkpoints and then ends them. A SIGTERM from the main process
+    itself (the DataLoader's shutdown, or multiprocessing's at exit) still ends a worker:
+    ignoring that one too would leave the main process waiting for it forever."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # the thread below takes it
+    parent = os.getppid()
+    threading.Thread(target=_end_on_sigterm_from, args=(parent,), daemon=True).start()
+
+
+def _end_on_sigterm_from(parent: int) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(128 + signal.SIGTERM)
 
 
 # --- out of memory -------------------------------------------------------------------------
