@@ -341,9 +341,10 @@ def run_soup(config: Config, overwrite: bool = False, resume: bool = False) -> d
         jobs = [Job(m.output.name, f.checkpoint_dir, (m, overwrite, resume and i == 0))
                 for i, (m, f) in enumerate(todo)]  # fmt: skip
         run_side_by_side(run_experiment, jobs, config.training.soup_jobs)
+    train_here = [] if side_by_side else [f for _, f in todo]  # an unfinished one resumes
     runs, started = [], False
     for member, folder in zip(members, folders, strict=True):
-        if not side_by_side and (overwrite or not folder.finished()):  # resumes by itself
+        if folder in train_here:
             # --resume insists on a checkpoint: only the first run not yet finished has one.
             runs.append(run_experiment(member, overwrite, resume and not started))
             started = True
