@@ -192,6 +192,8 @@ def row(side: str, folds: list[dict], runs: int) -> dict:
         "by_age": {b: stats(v) for b, v in by_age.items() if v},
         "seed_spread": stats([f.get("seed_spread", 0.0) for f in folds]),
         "wall_seconds": sum(f["wall_seconds"] for f in folds),
+        # A resumed fold's file holds only its last invocation's time, not the whole run's.
+        "resumed_folds": sum(bool(f.get("resumed")) for f in folds),
     }
 
 
@@ -204,9 +206,15 @@ def markdown(rows: list[dict]) -> str:
     ]
     for r in rows:
         ages = " | ".join(cell(r["by_age"][b]) if b in r["by_age"] else "n/a" for b in BUCKETS)
+        resumed = r.get("resumed_folds", 0)
+        wall = f"{r['wall_seconds']:.0f}" + (
+            f" ({resumed} of {r['overall']['n']} folds resumed: their last part only)"
+            if resumed
+            else ""
+        )
         lines.append(
             f"| {r['side']} | {r['runs']} | {cell(r['overall'])} | {ages} | "
-            f"{percent(r['seed_spread']['mean'])} | {r['wall_seconds']:.0f} |"
+            f"{percent(r['seed_spread']['mean'])} | {wall} |"
         )
     return "\n".join(lines)
 

@@ -99,6 +99,16 @@ def test_unpack_check_passes_large_v3_and_refuses_the_bomb(capsys):
     assert "| open + check |" in capsys.readouterr().out
 
 
+def test_accuracy_table_says_when_a_folds_time_is_only_its_resumed_part():
+    bench = _load("accuracy")
+    fold = {"wer": 0.2, "wer_by_age": {"5-7": 0.3}, "wall_seconds": 100.0}
+    whole = bench.row("plain base", [fold, {**fold, "wer": 0.1}], 1)
+    part = bench.row("plain base", [fold, {**fold, "resumed": True}], 1)
+    assert (whole["resumed_folds"], part["resumed_folds"]) == (0, 1)
+    assert "| 200 |" in bench.markdown([whole])
+    assert "| 200 (1 of 2 folds resumed: their last part only) |" in bench.markdown([part])
+
+
 @pytest.mark.integration
 @pytest.mark.slow  # --quick: about 2 min of CPU (2 folds x plain + a soup of 4, one step each)
 @needs_shared
