@@ -206,12 +206,10 @@ def markdown(rows: list[dict]) -> str:
     ]
     for r in rows:
         ages = " | ".join(cell(r["by_age"][b]) if b in r["by_age"] else "n/a" for b in BUCKETS)
-        resumed = r.get("resumed_folds", 0)
-        wall = f"{r['wall_seconds']:.0f}" + (
-            f" ({resumed} of {r['overall']['n']} folds resumed: their last part only)"
-            if resumed
-            else ""
-        )
+        wall = f"{r['wall_seconds']:.0f}"
+        resumed, folds = r["resumed_folds"], r["overall"]["n"]
+        if resumed:
+            wall += f" ({resumed} of {folds} folds resumed: their last part only)"
         lines.append(
             f"| {r['side']} | {r['runs']} | {cell(r['overall'])} | {ages} | "
             f"{percent(r['seed_spread']['mean'])} | {wall} |"
