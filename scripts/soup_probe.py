@@ -18,7 +18,9 @@ speakers, from the same model (checked); further training manifests may differ, 
 can hold runs of different recipes (with and without the older speakers). The first run's
 config is the soup's, seeds aside. It writes
 experiments/OUT-cv-fold<i>/ (metrics.json, results.md, predictions_soup.jsonl),
-checkpoints/OUT-cv-fold<i>/final, and experiments/OUT-cv/ (folds/, cv.json, cv.md).
+checkpoints/OUT-cv-fold<i>/final, and experiments/OUT-cv/ (folds/, cv.json, cv.md). As
+`kidwhisper cv --only-folds`, the summary holds every finished fold of OUT, those of earlier
+calls too (on the same folds: checked), so a soup's folds can come from different runs.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from pathlib import Path
 import torch
 
 from kidwhisper.config import Config, load_config, resolve_path
-from kidwhisper.training.cv import fold_result, write_summary
+from kidwhisper.inference.folds import SUMMARY
+from kidwhisper.training.cv import write_summary
+from kidwhisper.training.cv_compare import finished_folds
 from kidwhisper.training.experiments import (
     Experiment,
     score_final_model,
@@ -64,7 +68,7 @@ def check_same_fold(configs: list[Config]) -> None:
                              f"model differs from {configs[0].output.name}'s")  # fmt: skip
 
 
-def soup_fold(out: str, runs: list[str], fold: int) -> dict:
+def soup_fold(out: str, runs: list[str], fold: int) -> None:
     """Average the fold's runs into `<out>-cv-fold<fold>`, score it, record it."""
     names = [run.format(fold=fold) for run in runs]
     configs = [run_config(name) for name in names]
@@ -84,7 +88,19 @@ def soup_fold(out: str, runs: list[str], fold: int) -> dict:
     experiment.write_metrics(figures)
     experiment.write_results(figures)
     print(json.dumps({"fold": fold, "wer": after["wer"], "runs": figures["soup"]["mean_wer"]}))
-    return figures
+
+
+def copy_folds(first: Config, out: str) -> Path:
+    """The folds of the first run's cv into OUT's (its folds.json, for cv-compare's
+    same-folds check); OUT's earlier folds must have been made on the very same folds.
+    Returns the first run's cv folder."""
+    source = resolve_path(first.data.eval).parent.parent
+    target = EXPERIMENTS / f"{out}-cv" / "folds"
+    old, new = target / SUMMARY, source / SUMMARY
+    if old.is_file() and old.read_bytes() != new.read_bytes():
+        raise SystemExit(f"{target}: {out}'s earlier folds differ from {source}'s")
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    return source.parent
 
 
 def main() -> None:
@@ -94,20 +110,22 @@ def main() -> None:
     parser.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3, 4])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    per_fold = []
-    for fold in args.folds:
-        figures = soup_fold(args.out, args.runs, fold)
-        per_fold.append({"fold": fold, "experiment": figures["name"], **fold_result(figures)})
-    # The folds of the first run's cv: its folds.json, for cv-compare's same-folds check.
     first = run_config(args.runs[0].format(fold=args.folds[0]))
-    source = resolve_path(first.data.eval).parent.parent
-    target = EXPERIMENTS / f"{args.out}-cv" / "folds"
-    shutil.copytree(source, target, dirs_exist_ok=True)
-    cv_json = json.loads((source.parent / "cv.json").read_text(encoding="utf-8"))
+    source = copy_folds(first, args.out)
+    for fold in args.folds:
+        soup_fold(args.out, args.runs, fold)
+    # As `kidwhisper cv`'s summary: every finished fold of OUT, also those of earlier calls
+    # (a soup's folds 1-2 from runs trained apart, 3-4 from one `soup_seeds` command).
+    per_fold = [
+        {"fold": i, "experiment": str(EXPERIMENTS / f"{args.out}-cv-fold{i}"), **result}
+        for i, result in finished_folds(EXPERIMENTS, args.out).items()
+    ]
+    cv_json = json.loads((source / "cv.json").read_text(encoding="utf-8"))
     summary_config = copy.deepcopy(first)
     summary_config.output.name = args.out
-    write_summary(summary_config, target.parent, cv_json["folds"], cv_json["seed"],
-                  cv_json["pooled"], per_fold)  # fmt: skip
+    out_dir = EXPERIMENTS / f"{args.out}-cv"
+    write_summary(summary_config, out_dir, cv_json["folds"], cv_json["seed"], cv_json["pooled"],
+                  per_fold)  # fmt: skip
 
 
 if __name__ == "__main__":
