@@ -123,6 +123,9 @@ def main() -> None:
     cv_json = json.loads((source / "cv.json").read_text(encoding="utf-8"))
     summary_config = copy.deepcopy(first)
     summary_config.output.name = args.out
+    # The run's first manifest is its fold's training side; the cv's is the pooled one, so
+    # that cv.json's extra_training holds only the manifests that train every fold.
+    summary_config.data.train = [cv_json["pooled"][0], *first.data.train[1:]]
     out_dir = EXPERIMENTS / f"{args.out}-cv"
     write_summary(summary_config, out_dir, cv_json["folds"], cv_json["seed"], cv_json["pooled"],
                   per_fold)  # fmt: skip
