@@ -16,7 +16,9 @@ Each RUN is an experiment name with `{fold}` in it. Every run of a fold must hav
 on the fold's children (data.train's first manifest) and been scored on its held-out
 speakers, from the same model (checked); further training manifests may differ, so one soup
 can hold runs of different recipes (with and without the older speakers). The first run's
-config is the soup's, seeds aside. It writes
+config is the soup's, unchanged but for its name, so that it loads as a config (a soup of
+runs of one seed is no `training.soup_seeds`); its runs and their seeds are in its
+metrics.json (`soup_of`, `soup.seeds`). It writes
 experiments/OUT-cv-fold<i>/ (metrics.json, results.md, predictions_soup.jsonl),
 checkpoints/OUT-cv-fold<i>/final, and experiments/OUT-cv/ (folds/, cv.json, cv.md). As
 `kidwhisper cv --only-folds`, the summary holds every finished fold of OUT, those of earlier
@@ -73,9 +75,8 @@ def soup_fold(out: str, runs: list[str], fold: int) -> None:
     names = [run.format(fold=fold) for run in runs]
     configs = [run_config(name) for name in names]
     check_same_fold(configs)
-    seeds = [c.training.seed for c in configs]
     config = copy.deepcopy(configs[0])
-    config.output.name, config.training.soup_seeds = f"{out}-cv-fold{fold}", seeds
+    config.output.name = f"{out}-cv-fold{fold}"
     metrics = [Experiment(c).read_metrics() for c in configs]
     unfinished = [n for n, m in zip(names, metrics, strict=True) if not m.get("finished")]
     if unfinished:
