@@ -259,7 +259,9 @@ def test_encoder_and_decoder_learning_rates_are_parameter_groups(random_tiny):
     assert len(plain.param_groups) == 2 and "name" not in plain.param_groups[0]
     # On CPU (and CUDA) the update is torch's fused kernel: the same AdamW as the default one.
     fused_layer, layer = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
-    layer.load_state_dict(fused_layer.state_dict())
+    fixed = {"weight": torch.linspace(-1.0, 1.0, 12).reshape(3, 4), "bias": torch.ones(3)}
+    fused_layer.load_state_dict(fixed)  # fixed values: the same figures in any test order
+    layer.load_state_dict(fixed)
     fused = build_optimizer(fused_layer, 1e-2, 0.1)
     assert fused.defaults["fused"] is True
     groups = [{"params": [layer.weight], "weight_decay": 0.1}, {"params": [layer.bias]}]
