@@ -257,7 +257,10 @@ def test_encoder_and_decoder_learning_rates_are_parameter_groups(random_tiny):
     assert scheduler.get_last_lr() == [1.5e-5, 1.5e-5, 1e-4, 1e-4]
     plain = build_optimizer(model, 1e-5, 0.0)  # unchanged without them: decay, no decay
     assert len(plain.param_groups) == 2 and "name" not in plain.param_groups[0]
-    # On CPU (and CUDA) the update is torch's fused kernel: the same AdamW as the default one.
+
+
+def test_the_optimizer_is_fused_adamw_on_cpu():
+    """On CPU (and CUDA) the update is torch's fused kernel: the same AdamW as the default."""
     fused_layer, layer = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
     fixed = {"weight": torch.linspace(-1.0, 1.0, 12).reshape(3, 4), "bias": torch.ones(3)}
     fused_layer.load_state_dict(fixed)  # fixed values: the same figures in any test order
@@ -266,7 +269,6 @@ def test_encoder_and_decoder_learning_rates_are_parameter_groups(random_tiny):
     assert fused.defaults["fused"] is True
     groups = [{"params": [layer.weight], "weight_decay": 0.1}, {"params": [layer.bias]}]
     reference = torch.optim.AdamW(groups, lr=1e-2, weight_decay=0.0, fused=False)
-    start = layer.weight.detach().clone()
     x = torch.arange(8.0).reshape(2, 4)
     for _ in range(3):
         for net, opt in ((fused_layer, fused), (layer, reference)):
@@ -275,7 +277,7 @@ def test_encoder_and_decoder_learning_rates_are_parameter_groups(random_tiny):
             opt.step()
     # float32 rounding only: each step moves a weight by about lr = 1e-2.
     torch.testing.assert_close(fused_layer.weight, layer.weight, rtol=0, atol=1e-6)
-    assert (fused_layer.weight - start).abs().min() > 1e-3  # and both did move
+    assert (fused_layer.weight - fixed["weight"]).abs().min() > 1e-3  # and both did move
 
 
 @pytest.fixture(scope="module")
