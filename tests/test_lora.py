@@ -19,6 +19,7 @@ from kidwhisper.models import adapters as lora_module
 from kidwhisper.models.averaging import average_checkpoints
 from kidwhisper.models.factory import WhisperModel, load_model
 from kidwhisper.training.checkpoint import checkpoint_state
+from kidwhisper.training.objective import summed_loss
 from kidwhisper.training.run import Run
 from kidwhisper.training.schedule import build_optimizer
 
@@ -229,6 +230,27 @@ def test_a_frozen_part_stays_bit_identical_while_the_other_trains(part, tmp_path
     )
 
 
+def test_frozen_lower_encoder_layers_get_no_gradient_and_stay_as_they_start(tmp_path):
+    run = Run(load_config(None, _overrides(tmp_path, "training.freeze_encoder_layers=2")))
+    start = state_copy(run.model)
+    batches = train_steps(run, 1)
+    frozen = ("model.encoder.conv1.", "model.encoder.conv2.", "model.encoder.layers.0.",
+              "model.encoder.layers.1.", "model.encoder.embed_positions.")  # fmt: skip
+    named = dict(run.model.named_parameters())
+    # No gradient is even computed below block 2: the backward pass stops there.
+    summed_loss(run.model, next(batches), run.device, None, run.state.step, 0.0)[0].backward()
+    end = state_copy(run.model)
+    for name, param in named.items():
+        if name.startswith(frozen):
+            assert torch.equal(start[name], end[name]) and param.grad is None, name
+        else:  # tiny has 4 blocks: 2 and 3, the last layer norm and the decoder train
+            assert not torch.equal(start[name], end[name]), name
+            assert param.grad is not None, name
+    assert run.state.trainable_params == sum(
+        p.numel() for n, p in named.items() if not n.startswith(frozen)
+    )
+
+
 def test_encoder_and_decoder_learning_rates_are_parameter_groups(random_tiny):
     model = random_tiny.model
     named = dict(model.named_parameters())
@@ -375,6 +397,15 @@ def test_config_errors_name_the_key():
         ConfigError, match=r"training\.encoder_lr: set, but training\.freeze is 'encoder'"
     ):
         load_config(None, [*base, "training.freeze=encoder", "training.encoder_lr=1e-4"])
+    with pytest.raises(
+        ConfigError, match=r"training\.freeze_encoder_layers: 5, but tiny has 4 encoder layers"
+    ):
+        load_config(None, [*base, "training.freeze_encoder_layers=5"])
+    for clash in ("training.freeze=encoder", "model.lora.rank=8"):
+        with pytest.raises(ConfigError, match=r"training\.freeze_encoder_layers: 1, but "):
+            load_config(None, [*base, "training.freeze_encoder_layers=1", clash])
+    with pytest.raises(ConfigError, match=r"training\.freeze_encoder_layers: must be >= 0"):
+        load_config(None, [*base, "training.freeze_encoder_layers=-1"])
     with pytest.raises(ConfigError, match=r"training\.decoder_lr: must be > 0"):
         load_config(None, [*base, "training.decoder_lr=0"])
     config = load_config(None, [*base, "model.lora.rank=8", "training.decoder_lr=1e-4"])

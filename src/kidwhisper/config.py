@@ -120,6 +120,7 @@ def validate(config: Config, source: str, check_paths: bool = True) -> None:
     if config.training.full_context_prob and context == FULL:
         fail(source, "training.full_context_prob", "set, but model.audio_context is already "
              f"{FULL!r} (every batch is 30 s): set it to {BATCH!r} or seconds")  # fmt: skip
+    _check_frozen_layers(config, source)
     for part in ("encoder", "decoder"):
         if config.training.freeze == part and getattr(config.training, f"{part}_lr"):
             fail(source, f"training.{part}_lr", f"set, but training.freeze is {part!r}")
@@ -266,6 +267,18 @@ def _check_lora(lora: LoraConfig, source: str) -> None:
                   f"{hint(name, LINEAR_MODULES)}")  # fmt: skip
     if lora.rank and not lora.target_modules:
         fail(source, "model.lora.target_modules", "empty, but model.lora.rank is set")
+
+
+def _check_frozen_layers(config: Config, source: str) -> None:
+    n, key = config.training.freeze_encoder_layers, "training.freeze_encoder_layers"
+    layers = VARIANTS[config.model.variant].encoder_layers
+    if n > layers:
+        fail(source, key, f"{n}, but {config.model.variant} has {layers} encoder layers")
+    if n and config.training.freeze == "encoder":
+        fail(source, key, f"{n}, but training.freeze is 'encoder' (all of it): set one")
+    if n and config.model.lora.rank:
+        fail(source, key, f"{n}, but model.lora.rank is set: LoRA already freezes every "
+             "weight but its adapters")  # fmt: skip
 
 
 def _check_pretrained(pretrained: str | None, variant: str, source: str) -> None:

@@ -89,6 +89,21 @@ def freeze_part(model: torch.nn.Module, part: str) -> None:
             param.requires_grad_(False)
 
 
+def freeze_encoder_layers(model: torch.nn.Module, n: int) -> None:
+    """Stop the encoder's convolution stem and its first `n` blocks from training.
+
+    Nothing below block `n` then needs a gradient, so autograd stops there and the backward
+    pass skips the stem and those blocks altogether: that saving, not regularisation, is
+    what the option is for. The blocks above, the encoder's last layer norm and the decoder
+    train as usual.
+    """
+    frozen = ("model.encoder.conv1.", "model.encoder.conv2.")
+    frozen += tuple(f"model.encoder.layers.{i}." for i in range(n))
+    for name, param in model.named_parameters():
+        if name.startswith(frozen):
+            param.requires_grad_(False)
+
+
 def is_adapter_key(key: str) -> bool:
     return ".lora_A." in key or ".lora_B." in key
 
@@ -105,6 +120,8 @@ def prepare(model: torch.nn.Module, config: Config) -> tuple[int, int]:
     lora, freeze = config.model.lora, config.training.freeze
     if freeze != "none":
         freeze_part(model, freeze)
+    if config.training.freeze_encoder_layers:
+        freeze_encoder_layers(model, config.training.freeze_encoder_layers)
     if lora.rank:
         from peft import inject_adapter_in_model
 

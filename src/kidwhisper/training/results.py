@@ -58,6 +58,8 @@ def _adaptation(config: Config) -> str:
     lora, freeze = config.model.lora, config.training.freeze
     parts = [f"LoRA rank {lora.rank}, alpha {lora.alpha:g} on {', '.join(lora.target_modules)}"]
     parts = (parts if lora.rank else []) + ([f"{freeze} frozen"] if freeze != "none" else [])
+    if n := config.training.freeze_encoder_layers:
+        parts.append(f"encoder stem and first {n} layers frozen")
     return f"; {'; '.join(parts)}" if parts else ""
 
 
