@@ -110,8 +110,9 @@ class TrainingConfig:
     # together (models/adapters.py's freeze_part says why).
     freeze: Literal["none", "encoder", "decoder"] = "none"
     # The encoder's convolution stem and its first N blocks stay as they start, so no
-    # gradient is computed below block N: on base, 2 of its 6 blocks made a CPU training step
-    # 1.27x faster (docs/experiments.md). 0: everything trains.
+    # gradient is computed below block N: on base, 2 of its 6 blocks made a CPU run 1.16x
+    # faster and +0.65 WER points worse on 2 speaker folds (docs/experiments.md, item 17).
+    # 0: everything trains.
     freeze_encoder_layers: int = field(default=0, metadata=_min(0))
     weight_decay: float = field(default=0.0, metadata=_min(0))
     # Dropout in Whisper's layers while training (transformers' `dropout`: the embeddings and
