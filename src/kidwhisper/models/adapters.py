@@ -84,9 +84,7 @@ def freeze_part(model: torch.nn.Module, part: str) -> None:
     decoder also keeps the output layer, and a frozen encoder leaves both training. Untying
     them to train one alone would make a model plain Whisper loaders do not expect.
     """
-    for name, param in model.named_parameters():
-        if name.startswith(f"model.{part}."):
-            param.requires_grad_(False)
+    _freeze_under(model, (f"model.{part}.",))
 
 
 def freeze_encoder_layers(model: torch.nn.Module, n: int) -> None:
@@ -97,10 +95,14 @@ def freeze_encoder_layers(model: torch.nn.Module, n: int) -> None:
     what the option is for. The blocks above, the encoder's last layer norm and the decoder
     train as usual.
     """
-    frozen = ("model.encoder.conv1.", "model.encoder.conv2.")
-    frozen += tuple(f"model.encoder.layers.{i}." for i in range(n))
+    blocks = tuple(f"model.encoder.layers.{i}." for i in range(n))
+    _freeze_under(model, ("model.encoder.conv1.", "model.encoder.conv2.", *blocks))
+
+
+def _freeze_under(model: torch.nn.Module, prefixes: tuple[str, ...]) -> None:
+    """Stop every weight whose name starts with one of `prefixes` from training."""
     for name, param in model.named_parameters():
-        if name.startswith(frozen):
+        if name.startswith(prefixes):
             param.requires_grad_(False)
 
 
