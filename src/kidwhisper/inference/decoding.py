@@ -24,7 +24,6 @@ each step.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -147,46 +146,9 @@ class DecoderState:
         self.clips = clips
 
 
-class EnsembleState:
-    """Several models' `DecoderState`s run as one: the next-token distribution is the mean of
-    the members' probabilities (a logit ensemble, as in Whisper ensembles of competition
-    entries). Each member keeps its own encoder states and KV cache; rows move together."""
-
-    def __init__(self, states: list[DecoderState]) -> None:
-        self.states = states
-
-    @property
-    def clips(self) -> list[int]:
-        return self.states[0].clips
-
-    def logits(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Log of the members' mean next-token probability (a normalised log-distribution:
-        greedy takes its argmax, beam search its log-softmax, which leaves it unchanged)."""
-        logprobs = torch.stack([s.logits(inputs).log_softmax(dim=-1) for s in self.states])
-        return torch.logsumexp(logprobs, dim=0) - math.log(len(self.states))
-
-    def select(self, rows: list[int]) -> None:
-        for state in self.states:
-            state.select(rows)
-
-
-Models = WhisperForConditionalGeneration | Sequence[WhisperForConditionalGeneration]
-
-
-def decoder_state(
-    models: Models, features: torch.Tensor, special: SpecialTokens, options: DecodingOptions
-) -> DecoderState | EnsembleState:
-    """The decoder side for one model, or for an ensemble of models of one variant."""
-    if isinstance(models, torch.nn.Module):
-        return DecoderState(models, features, special, options)
-    if len(models) == 1:
-        return DecoderState(models[0], features, special, options)
-    return EnsembleState([DecoderState(m, features, special, options) for m in models])
-
-
 @torch.inference_mode()
 def decode(
-    model: Models,
+    model: WhisperForConditionalGeneration,
     features: torch.Tensor,
     special: SpecialTokens,
     options: DecodingOptions | None = None,
@@ -203,7 +165,7 @@ def decode(
 
 @torch.inference_mode()
 def greedy_decode(
-    model: Models,
+    model: WhisperForConditionalGeneration,
     features: torch.Tensor,
     special: SpecialTokens,
     options: DecodingOptions | None = None,
@@ -212,7 +174,7 @@ def greedy_decode(
     """Greedy token ids (without prompt and <|endoftext|>) for a batch of log-mel
     `features`; `durations` (seconds of audio per clip) set the per-clip token limits."""
     options = options or DecodingOptions()
-    state = decoder_state(model, features, special, options)
+    state = DecoderState(model, features, special, options)
     batch = features.shape[0]
     inputs = torch.tensor([special.prefix] * batch)  # row r of `inputs`: clip state.clips[r]
     limits = options.token_limits(durations, batch)
@@ -323,7 +285,7 @@ class BeamSearch:
 
 @torch.inference_mode()
 def beam_search(
-    model: Models,
+    model: WhisperForConditionalGeneration,
     features: torch.Tensor,
     special: SpecialTokens,
     options: DecodingOptions | None = None,
@@ -332,7 +294,7 @@ def beam_search(
     """Beam-search token ids (without prompt and <|endoftext|>) for a batch of log-mel
     `features`; `durations` (seconds of audio per clip) set the per-clip token limits."""
     options = options or DecodingOptions()
-    state = decoder_state(model, features, special, options)
+    state = DecoderState(model, features, special, options)
     search = BeamSearch(options, special.eot, options.token_limits(durations, len(features)))
     return run_beam_search(state, search, special.prefix)
 
