@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from kidwhisper.training import checkpoint as ckpt
 from kidwhisper.training.experiments import run_experiment
 from kidwhisper.training.faults import TrainingError
+from kidwhisper.training.side_by_side import Job, run_side_by_side, thread_shares
 
 from .conftest import REPO
 from .test_soup import _overrides
@@ -49,6 +50,30 @@ def test_side_by_side_trains_the_same_runs_as_one_after_another(tmp_path, one_th
             torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-6)
     assert runs[2]["eval_after"]["wer"] == pytest.approx(runs[1]["eval_after"]["wer"])
     assert runs[2]["steps"] == runs[1]["steps"] == 4  # two runs of two steps
+
+
+def _record(path: str, seconds: float) -> None:
+    """A job that notes its threads and when it ran."""
+    start = time.time()
+    time.sleep(seconds)
+    Path(path).write_text(f"{torch.get_num_threads()} {start} {time.time()}")
+
+
+def test_a_last_partial_round_waits_for_the_full_rounds_and_takes_every_thread(tmp_path):
+    assert thread_shares(7, 2, 2) == [(1, False)] * 6 + [(2, True)]
+    assert thread_shares(4, 2, 2) == [(1, False)] * 4
+    assert thread_shares(5, 3, 6) == [(2, False)] * 3 + [(3, True)] * 2
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        jobs = [Job(f"job{i}", tmp_path / f"ckpt{i}", (str(tmp_path / f"job{i}"), seconds))
+                for i, seconds in enumerate((0.5, 2.0, 0.1))]  # fmt: skip
+        run_side_by_side(_record, jobs, 2)
+    finally:
+        torch.set_num_threads(before)
+    runs = [[float(x) for x in (tmp_path / f"job{i}").read_text().split()] for i in range(3)]
+    assert [threads for threads, _, _ in runs] == [1, 1, 2]
+    assert runs[2][1] >= runs[1][2]  # the third started once the longer second had ended
 
 
 def test_a_member_that_fails_stops_the_others_and_is_named(tmp_path):

@@ -71,44 +71,62 @@ def run_side_by_side(target: Callable, jobs: list[Job], at_once: int) -> None:
         raise TrainingError("training.soup_jobs: runs side by side are for one process; under "
                             "torchrun set training.soup_jobs=1")  # fmt: skip
     at_once = min(at_once, len(jobs))
-    threads = max(1, torch.get_num_threads() // at_once)
-    log.info("training %d runs, %d at a time with %d threads each: %s", len(jobs), at_once,
-             threads, ", ".join(job.name for job in jobs))  # fmt: skip
+    shares = thread_shares(len(jobs), at_once, torch.get_num_threads())
+    log.info("training %d runs, %d at a time with %d threads each%s: %s", len(jobs), at_once,
+             shares[0][0], _last_round(shares), ", ".join(job.name for job in jobs))  # fmt: skip
     context = multiprocessing.get_context("spawn")  # no fork of a process with threads
     level = logging.getLogger().getEffectiveLevel()
-    pending, running = list(jobs), {}
+    pending, running = list(zip(jobs, shares, strict=True)), {}
     received: list[int] = []
     failed: list[tuple[Job, int]] = []
 
     def pass_on(signum: int, frame) -> None:
         received.append(signum)
         log.warning("%s received: passed on to %s", signal.Signals(signum).name,
-                    ", ".join(job.name for job, _ in running.values()) or "no run")  # fmt: skip
-        for _, process in running.values():
+                    ", ".join(job.name for job, _, _ in running.values()) or "no run")  # fmt: skip
+        for _, process, _ in running.values():
             _signal(process, signum)
 
     previous = {signum: signal.signal(signum, pass_on) for signum in STOP_SIGNALS}
     try:
         while running or (pending and not received and not failed):
             while pending and len(running) < at_once and not received and not failed:
-                job = pending.pop(0)
+                job, (threads, after_rounds) = pending[0]
+                if after_rounds and any(not last for _, _, last in running.values()):
+                    break  # the last, partial round waits for the full rounds to end
+                pending.pop(0)
                 process = context.Process(target=_member, name=job.name,
                                           args=(target, job.args, threads, level))  # fmt: skip
                 process.start()
-                running[job.name] = (job, process)
-            wait([process.sentinel for _, process in running.values()], timeout=1.0)
-            for name, (job, process) in list(running.items()):
+                running[job.name] = (job, process, after_rounds)
+            wait([process.sentinel for _, process, _ in running.values()], timeout=1.0)
+            for name, (job, process, _) in list(running.items()):
                 if process.exitcode is None:
                     continue
                 del running[name]
                 if process.exitcode != 0 and not received and not failed:
                     failed.append((job, process.exitcode))
-                    for _, other in running.values():  # checkpoint and stop
+                    for _, other, _ in running.values():  # checkpoint and stop
                         _signal(other, signal.SIGTERM)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    _report(jobs, pending, received, failed)
+    _report(jobs, [job for job, _ in pending], received, failed)
+
+
+def thread_shares(jobs: int, at_once: int, threads: int) -> list[tuple[int, bool]]:
+    """Each job's threads, and whether it waits for the full rounds to end. Runs of one
+    recipe take about as long each, so jobs go in rounds of `at_once`; a last, partial
+    round (the seventh of 7 runs 2 at a time) would leave threads idle beside it, so its
+    jobs start once every earlier job has ended and share all the threads."""
+    full, rest = divmod(jobs, at_once)
+    shares = [(max(1, threads // at_once), False)] * (full * at_once)
+    return shares + [(max(1, threads // max(rest, 1)), True)] * rest
+
+
+def _last_round(shares: list[tuple[int, bool]]) -> str:
+    last = [threads for threads, after_rounds in shares if after_rounds]
+    return f"; the last {len(last)} after them with {last[0]} each" if last else ""
 
 
 def _signal(process, signum: int) -> None:
