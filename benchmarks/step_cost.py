@@ -1,4 +1,4 @@
-"""What a training step costs with the lower encoder frozen (and compiled), one table.
+"""What a training step costs with the lower encoder frozen, compiled or in bf16, one table.
 
 `training.freeze_encoder_layers: N` keeps the encoder's convolution stem and its first N
 blocks as they start, so autograd stops above them and the backward pass skips them. This
@@ -8,11 +8,14 @@ so762's length-grouped ones: 8 clips of 400 to 700 mel frames (4 to 7 s), 14 lab
 tokens. One model per row, their steps taken in turn, so a busy spell hits every row
 alike; the first `--warmup` steps of each are untimed. With `--compile`, a row whose
 encoder and decoder blocks are each `torch.compile`d (dynamic shapes) joins, everything
-training. Torch runs on one thread, as each of two runs sharing a 2-core machine does;
-CPU time (this process's) is shown beside wall time, since it holds on a busy machine.
+training; with `--bf16`, a row under bf16 autocast (`training.precision: bf16`: fast on a
+CPU with AVX512-BF16 or AMX, emulated and slow elsewhere). Torch runs on one thread, as each
+of two runs sharing a 2-core machine does; CPU time (this process's) is shown beside wall
+time, since it holds on a busy machine.
 
     python benchmarks/step_cost.py                       # base, 12 timed steps a row
     python benchmarks/step_cost.py --compile             # and a compiled row (minutes more)
+    python benchmarks/step_cost.py --frozen "" --bf16    # fp32 against bf16 autocast
     python benchmarks/step_cost.py --variant tiny --steps 2 --warmup 1     # dry run
 """
 
@@ -26,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from kidwhisper.device import cpu_has_native_bf16
 from kidwhisper.models.adapters import freeze_encoder_layers
 from kidwhisper.models.factory import WhisperModel
 from kidwhisper.training.objective import summed_loss
@@ -35,13 +39,16 @@ FRAMES = (400, 500, 600, 700)
 CPU = torch.device("cpu")
 
 
-def build_rows(variant: str, frozen: list[int], compiled: bool) -> dict[str, tuple]:
-    """Row name -> (model, optimizer), every model from the same random start."""
+def build_rows(
+    variant: str, frozen: list[int], compiled: bool, bf16: bool = False
+) -> dict[str, tuple]:
+    """Row name -> (model, optimizer, autocast dtype), every model from the same random start."""
     rows = {}
-    settings = [("everything trains", None, False)]
-    settings += [(_frozen_name(n), n, False) for n in frozen]
-    settings += [("everything trains, blocks compiled", None, True)] if compiled else []
-    for name, n, compile_blocks in settings:
+    settings = [("everything trains", None, False, None)]
+    settings += [(_frozen_name(n), n, False, None) for n in frozen]
+    settings += [("everything trains, blocks compiled", None, True, None)] if compiled else []
+    settings += [("everything trains, bf16 autocast", None, False, torch.bfloat16)] if bf16 else []
+    for name, n, compile_blocks, amp in settings:
         torch.manual_seed(0)
         model = WhisperModel(variant, pretrained="random").load().model
         model.config.use_cache = False
@@ -51,7 +58,7 @@ def build_rows(variant: str, frozen: list[int], compiled: bool) -> dict[str, tup
             for block in [*model.model.encoder.layers, *model.model.decoder.layers]:
                 block.compile(dynamic=True)
         model.train()
-        rows[name] = (model, build_optimizer(model, 3e-5, 0.0))
+        rows[name] = (model, build_optimizer(model, 3e-5, 0.0), amp)
     return rows
 
 
@@ -71,10 +78,11 @@ def batch(step: int, size: int, n_mels: int, tokens: int) -> dict:
     }
 
 
-def one_step(model, optimizer, data: dict) -> tuple[float, float]:
-    """(wall, CPU) seconds of one optimisation step."""
+def one_step(model, optimizer, data: dict, amp: torch.dtype | None) -> tuple[float, float]:
+    """(wall, CPU) seconds of one optimisation step, the forward under autocast to `amp`."""
     start, cpu = time.perf_counter(), time.process_time()
-    loss = summed_loss(model, data, CPU, None, 0, 0.0)[0]
+    with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+        loss = summed_loss(model, data, CPU, None, 0, 0.0)[0]
     (loss / int(data["labels"].numel())).backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
@@ -87,6 +95,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--variant", default="base")
     parser.add_argument("--frozen", default="0,2,3", help="blocks frozen with the stem, per row")
     parser.add_argument("--compile", action="store_true", help="add a compiled row")
+    parser.add_argument("--bf16", action="store_true", help="add a bf16 autocast row")
     parser.add_argument("--steps", type=int, default=12, help="timed steps a row")
     parser.add_argument("--warmup", type=int, default=4, help="untimed steps a row first")
     parser.add_argument("--batch", type=int, default=8, help="clips a batch")
@@ -95,13 +104,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     frozen = [int(n) for n in args.frozen.split(",") if n]
-    rows = build_rows(args.variant, frozen, args.compile)
+    rows = build_rows(args.variant, frozen, args.compile, args.bf16)
     n_mels = next(iter(rows.values()))[0].config.num_mel_bins
     times = {name: [0.0, 0.0] for name in rows}
     for step in range(args.warmup + args.steps):
         data = batch(step, args.batch, n_mels, args.tokens)
-        for name, (model, optimizer) in rows.items():
-            wall, cpu = one_step(model, optimizer, data)
+        for name, (model, optimizer, amp) in rows.items():
+            wall, cpu = one_step(model, optimizer, data, amp)
             if step >= args.warmup:
                 times[name][0] += wall
                 times[name][1] += cpu
@@ -113,7 +122,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     machine = platform.processor() or platform.machine()
     print(f"\n{args.variant}, {args.steps} steps a row after {args.warmup} untimed, "
           f"{args.batch} clips of {FRAMES[0]} to {FRAMES[-1]} frames, {args.tokens} tokens, "
-          f"torch {torch.__version__} on 1 thread, {machine}\n")  # fmt: skip
+          f"torch {torch.__version__} on 1 thread, {machine}, "
+          f"native bf16: {'yes' if cpu_has_native_bf16() else 'no'}\n")  # fmt: skip
     print("| row | CPU s | wall s | speed-up (CPU) |")
     print("|---|---|---|---|")
     for r in results:

@@ -90,19 +90,22 @@ def test_augment_cost_prints_every_augmentation(tmp_path: Path, capsys):
             table
         )
     assert json.loads((tmp_path / "rows.json").read_text()) == rows
+    assert re.search(r"native bf16: (yes|no)", table)
 
 
 def test_step_cost_prints_every_row_and_frozen_rows_keep_their_blocks(tmp_path: Path, capsys):
     bench = _load("step_cost")
-    argv = ["--variant", "tiny", "--frozen", "0,2", "--steps", "1", "--warmup", "1"]
+    argv = ["--variant", "tiny", "--frozen", "0,2", "--steps", "1", "--warmup", "1", "--bf16"]
     rows = bench.main([*argv, "--batch", "2", "--json", str(tmp_path / "rows.json")])
-    names = ["everything trains", "stem frozen", "stem + 2 blocks frozen"]
+    names = ["everything trains", "stem frozen", "stem + 2 blocks frozen",
+             "everything trains, bf16 autocast"]  # fmt: skip
     assert [r["row"] for r in rows] == names
     assert all(r["cpu_s"] > 0 and r["wall_s"] > 0 for r in rows) and rows[0]["speedup"] == 1
     table = capsys.readouterr().out
     for name in names:
         assert re.search(rf"\| {re.escape(name)} \| \d+\.\d \| \d+\.\d \| \d\.\d\dx \|", table)
     assert json.loads((tmp_path / "rows.json").read_text()) == rows
+    assert re.search(r"native bf16: (yes|no)", table)
     # The rows time what they say: that row's model freezes blocks 0 and 1, not block 2.
     trained = bench.build_rows("tiny", [2], False)["stem + 2 blocks frozen"][0]
     frozen = [n for n, p in trained.named_parameters() if not p.requires_grad]

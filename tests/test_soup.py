@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from kidwhisper.cli.main import main
 from kidwhisper.config import ConfigError, load_config
+from kidwhisper.training.cv import fold_result
 from kidwhisper.training.experiments import ExperimentExistsError, run_experiment
 
 from .conftest import QUICKSTART, REPO, check_model_card
@@ -81,6 +82,20 @@ def test_the_soup_records_its_runs_and_its_own_evaluation(soup):
     assert "The mean of the final models of 2 runs" in card.text
     saved = (tmp / "ckpt" / "soup" / "final" / "kidwhisper.yaml").read_text()
     assert "soup_seeds:\n  - 3\n  - 4\n" in saved or "soup_seeds: [3, 4]" in saved
+
+
+def test_members_left_unscored_train_alike_and_only_the_soup_is_decoded(soup, tmp_path):
+    tmp, scored = soup
+    metrics = run_experiment(_config(tmp_path, "evaluation.score_soup_members=false"))
+    for seed in (3, 4):
+        run = tmp_path / "exp" / f"soup-seed{seed}"
+        assert json.loads((run / "metrics.json").read_text())["eval_after"] is None
+        assert not list(run.glob("predictions*.jsonl"))
+    assert metrics["soup"]["mean_wer"] is None and metrics["eval_after"]["utterances"] == 3
+    ours, theirs = (load_file(t / "ckpt" / "soup" / "final" / WEIGHTS) for t in (tmp_path, tmp))
+    for name, tensor in theirs.items():  # the same runs, so the same soup
+        torch.testing.assert_close(ours[name], tensor)
+    assert "runs" in fold_result(scored) and "runs" not in fold_result(metrics)
 
 
 def test_a_finished_soup_is_kept_and_an_interrupted_one_reuses_its_finished_runs(soup):

@@ -32,6 +32,21 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX). Elsewhere torch
+    emulates bf16, and autocast to it is slower than fp32."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def slow_precision_warning(dtype: torch.dtype | None, device: torch.device) -> str | None:
+    """What to say when bf16 autocast was asked for on a CPU that only emulates it."""
+    if dtype != torch.bfloat16 or device.type != "cpu" or cpu_has_native_bf16():
+        return None
+    return ("training.precision=bf16 on a CPU without native bf16 (AVX512-BF16 or AMX): "
+            "torch emulates it here, slower than fp32; set training.precision=fp32")  # fmt: skip
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

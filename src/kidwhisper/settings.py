@@ -194,6 +194,9 @@ class EvaluationConfig:
     beam_size: int = field(default=1, metadata=_min(1))
     length_penalty: float | None = field(default=None, metadata={"min": 0})
     before_training: bool = True  # also score the starting model (zero-shot WER)
+    # A soup's members scored too (what one run gives); false: only the soup, one decoding
+    # of data.eval in place of one per member.
+    score_soup_members: bool = True
 
 
 # --- augmentation (data/augment.py) ------------------------------------------------------------

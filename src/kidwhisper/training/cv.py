@@ -125,7 +125,7 @@ def fold_result(metrics: dict) -> dict:
     if "wer" not in final:
         raise CVError(f"{metrics.get('name')}: no final evaluation in metrics.json")
     result = {"wer": final["wer"], "wer_by_age": final.get("wer_by_age", {})}
-    if metrics.get("soup"):  # training.soup_seeds: what one run gives, beside the soup
+    if metrics.get("soup", {}).get("mean_wer") is not None:  # what one run gives, beside it
         runs = metrics["soup"]["members"]
         buckets = {b for run in runs for b in run.get("wer_by_age", {})}
         by_age = {b: fmean(run["wer_by_age"][b] for run in runs) for b in sorted(buckets)}

@@ -43,7 +43,7 @@ class ExperimentExistsError(FileExistsError):
 
 
 # Keys that change how a run goes, not what it trains: a run resumed with another is the same.
-HOW_NOT_WHAT = {"training.soup_jobs"}
+HOW_NOT_WHAT = {"training.soup_jobs", "evaluation.score_soup_members"}
 
 
 def _leaves(tree: dict, prefix: str = "") -> dict:
@@ -280,14 +280,17 @@ def soup_members(config: Config) -> list[Config]:
         members = soup_member_configs(config)
         for i, member in enumerate(members):
             member.output.name = f"{config.output.name}-member{i}"
-        return members
-    members = []
-    for seed in config.training.soup_seeds:
-        member = copy.deepcopy(config)
-        member.training.seed, member.training.soup_seeds = seed, []
-        member.training.soup_jobs = 1
-        member.output.name = f"{config.output.name}-seed{seed}"
-        members.append(member)
+    else:
+        members = []
+        for seed in config.training.soup_seeds:
+            member = copy.deepcopy(config)
+            member.training.seed, member.training.soup_seeds = seed, []
+            member.training.soup_jobs = 1
+            member.output.name = f"{config.output.name}-seed{seed}"
+            members.append(member)
+    if not config.evaluation.score_soup_members:
+        for member in members:  # trained alike; only the soup is decoded
+            member.data.eval = member.data.guard_eval = None
     return members
 
 

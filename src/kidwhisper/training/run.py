@@ -44,6 +44,7 @@ from kidwhisper.device import (
     pick_dtype,
     release_memory,
     seed_everything,
+    slow_precision_warning,
 )
 from kidwhisper.inference.evaluation import (
     EvalResult,
@@ -88,6 +89,8 @@ class Run:
         self.dist = distributed.init("cuda" if pick_device(tc.device).type == "cuda" else "cpu")
         self.device = pick_device(tc.device, self.dist.local_rank)
         self.amp_dtype = pick_dtype(tc.precision, self.device)
+        if self.dist.is_main and (warning := slow_precision_warning(self.amp_dtype, self.device)):
+            log.warning("%s", warning)
         seed_everything(tc.seed)
         self.root = Path(self.config.output.checkpoints_dir) / self.config.output.name
         if self.dist.is_main:
