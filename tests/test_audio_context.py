@@ -33,24 +33,35 @@ def test_clip_frames_follow_the_context():
     assert clip_frames("batch", 40 * SAMPLE_RATE) == N_FRAMES  # never beyond 30 s
     assert clip_frames(10.0, three_seconds) == 1000
     assert clip_frames(2.55, three_seconds) == 256  # even, for the stride-2 convolution
+    # batch:S rounds the clip's 302 frames up to S seconds instead of 2.
+    assert clip_frames("batch:1", three_seconds) == 400
+    assert clip_frames("batch:0.5", three_seconds) == 350
+    assert clip_frames("batch:0.02", three_seconds) == 302
+    assert clip_frames("batch:0.5", 40 * SAMPLE_RATE) == N_FRAMES
 
 
 def test_parse_context_rejects_nonsense():
     assert parse_context("batch") == "batch" and parse_context("12") == 12.0
-    for bad in ("short", "0", "31", None):
+    assert parse_context("batch:0.5") == "batch:0.5" and parse_context("batch:1.0") == "batch:1"
+    assert parse_context("batch:2") == "batch"  # batch's own step: one name for one input
+    for bad in ("short", "0", "31", None, "batch:", "batch:0", "batch:31", "batch:x"):
         with pytest.raises(ValueError):
             parse_context(bad)
+    with pytest.raises(ValueError, match=r"multiple of 0\.02"):
+        parse_context("batch:0.25")  # 25 frames: the stride-2 convolution wants even
 
 
-def test_short_features_are_the_head_of_the_30s_window(real_manifest: Path):
+@pytest.mark.parametrize(("context", "step"), [("batch", STEP_FRAMES), ("batch:0.5", 50)])
+def test_short_features_are_the_head_of_the_30s_window(real_manifest: Path, context, step):
     """The collator's batch equals the 30 s features cut to the batch's width, padding
     included: a clip only ever sees what it would have seen in Whisper's window."""
     utterances = read_manifest(real_manifest)[:4]
-    dataset = SpeechDataset(utterances, 80, context="batch")
+    dataset = SpeechDataset(utterances, 80, context=context)
     batch = WhisperCollator(None)([dataset[i] for i in range(4)])
     features = batch["input_features"]
     width = features.shape[-1]
-    assert width % STEP_FRAMES == 0 and width < N_FRAMES
+    widest = max(len(load_audio(u.audio)) for u in utterances) // 160 + 2
+    assert width % step == 0 and widest <= width < widest + step and width < N_FRAMES
     for row, utt in enumerate(utterances):
         full = log_mel(load_audio(utt.audio), 80)
         np.testing.assert_allclose(features[row].numpy(), full[:, :width], atol=1e-5)
@@ -133,12 +144,16 @@ def test_a_saved_model_keeps_its_audio_context(tmp_path: Path, random_tiny):
     wm.save(tmp_path / "b")
     assert load_model(str(tmp_path / "b"), "tiny").audio_context == "batch"
     assert load_model(str(tmp_path / "m"), "tiny").audio_context == "full"
+    load_model(str(tmp_path / "m"), "tiny", audio_context="batch:0.5").save(tmp_path / "h")
+    assert load_model(str(tmp_path / "h"), "tiny").audio_context == "batch:0.5"
 
 
 def test_config_checks_the_audio_context(tmp_path: Path):
     path = tmp_path / "c.yaml"
     path.write_text("model:\n  audio_context: 10\n")
     assert load_config(path, check_paths=False).model.audio_context == "10"
+    path.write_text("model:\n  audio_context: batch:0.5\n")
+    assert load_config(path, check_paths=False).model.audio_context == "batch:0.5"
     path.write_text("model:\n  audio_context: btach\n")
     with pytest.raises(ConfigError, match=r"model.audio_context: .*did you mean 'batch'"):
         load_config(path, check_paths=False)

@@ -22,6 +22,7 @@ from kidwhisper.schema import ConfigError as ConfigError  # callers import it fr
 from kidwhisper.schema import build, fail, hint, plain_name_problem, read_config, set_key
 from kidwhisper.settings import (
     BATCH,
+    BATCH_STEP_SECONDS,
     FULL,
     MAX_CONTEXT_SECONDS,
     AugmentConfig,
@@ -39,11 +40,14 @@ from kidwhisper.settings import (
     TempoConfig,
     TrainingConfig,
     VtlpConfig,
+    context_step_seconds,
+    is_batch_context,
     parse_context,
 )
 
 __all__ = [
     "BATCH",
+    "BATCH_STEP_SECONDS",
     "FULL",
     "MAX_CONTEXT_SECONDS",
     "AugmentConfig",
@@ -62,7 +66,9 @@ __all__ = [
     "TempoConfig",
     "TrainingConfig",
     "VtlpConfig",
+    "context_step_seconds",
     "dump_config",
+    "is_batch_context",
     "load_config",
     "parse_context",
     "resolve_path",

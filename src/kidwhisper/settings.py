@@ -13,20 +13,43 @@ from typing import Any, Literal
 
 # The audio context: how many mel frames the encoder sees (models/short_input.py says why).
 FULL, BATCH = "full", "batch"
+BATCH_STEP_SECONDS = 2.0  # `batch` rounds to 2 s: at most 15 shapes (kernels are reused)
 MAX_CONTEXT_SECONDS = 30.0  # Whisper's window
 
 
 def parse_context(value: str | float | int) -> str | float:
-    """``full``, ``batch`` or a number of seconds in (0, 30]; raises ValueError otherwise."""
+    """``full``, ``batch``, ``batch:S`` (the batch's longest clip rounded up to S seconds, a
+    multiple of 0.02 in (0, 30]; ``batch`` rounds to 2) or a number of seconds in (0, 30];
+    raises ValueError otherwise. ``batch:2`` comes back as ``batch``."""
     if isinstance(value, str) and value in (FULL, BATCH):
         return value
+    if isinstance(value, str) and value.startswith(f"{BATCH}:"):
+        seconds = _seconds(value.removeprefix(f"{BATCH}:"), value)
+        if abs(seconds * 50 - round(seconds * 50)) > 1e-9:
+            raise ValueError(f"audio context {value!r}: the step must be a multiple of 0.02 s")
+        return BATCH if seconds == BATCH_STEP_SECONDS else f"{BATCH}:{seconds:g}"
+    return _seconds(value, value)
+
+
+def _seconds(text: str | float | int, value: object) -> float:
     try:
-        seconds = float(value)
+        seconds = float(text)
     except (TypeError, ValueError):
-        raise ValueError(f"audio context must be full, batch or seconds, not {value!r}") from None
+        raise ValueError(
+            f"audio context must be full, batch, batch:SECONDS or seconds, not {value!r}"
+        ) from None
     if not 0 < seconds <= MAX_CONTEXT_SECONDS:
         raise ValueError(f"audio context of {seconds} s is outside (0, 30]")
     return seconds
+
+
+def context_step_seconds(context: str) -> float:
+    """What a ``batch`` or ``batch:S`` context rounds each batch's frames up to, in seconds."""
+    return float(context.removeprefix(f"{BATCH}:")) if ":" in context else BATCH_STEP_SECONDS
+
+
+def is_batch_context(context: str | float) -> bool:
+    return isinstance(context, str) and (context == BATCH or context.startswith(f"{BATCH}:"))
 
 
 def _min(value: float) -> dict:

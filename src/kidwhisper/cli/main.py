@@ -42,8 +42,8 @@ def _audio_context_arg(p: argparse.ArgumentParser, guards: bool = False) -> None
     """--audio-context, and --no-guards (`guards`) for commands that decode."""
     p.add_argument(
         "--audio-context",
-        help="encoder input: batch, full or seconds (default: what the model was trained "
-        "with, else full)",
+        help="encoder input: batch, batch:SECONDS, full or seconds (default: what the model "
+        "was trained with, else full)",
     )
     if guards:
         no_guards = "no duration-based token limit and no repetition guard (plain greedy decoding)"

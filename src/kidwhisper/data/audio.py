@@ -18,7 +18,7 @@ import soundfile as sf
 import soxr
 from transformers import WhisperFeatureExtractor
 
-from kidwhisper.config import BATCH, FULL
+from kidwhisper.config import BATCH_STEP_SECONDS, FULL, context_step_seconds, is_batch_context
 from kidwhisper.errors import UserError
 
 SAMPLE_RATE = 16_000
@@ -26,7 +26,7 @@ HOP_LENGTH = 160
 CHUNK_SECONDS = 30
 N_FRAMES = CHUNK_SECONDS * SAMPLE_RATE // HOP_LENGTH  # 3000 mel frames in a 30 s window
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames per second
-STEP_FRAMES = 200  # per-batch contexts are multiples of 2 s: at most 15 distinct shapes
+STEP_FRAMES = round(BATCH_STEP_SECONDS * 100)  # `batch` contexts: multiples of 2 s
 SILENCE_BELOW_MAX = 2.0  # zero padding's log-mel value, below the clip's maximum
 
 
@@ -106,13 +106,15 @@ def clip_frames(context: str | float, num_samples: int) -> int:
     """Mel frames to compute for a clip of `num_samples` 16 kHz samples under `context`.
 
     Under ``batch`` the clip gets its own length plus two frames (so its last frame sees
-    the same zero padding as in a 30 s window), rounded up to `STEP_FRAMES`; a batch then
-    takes its widest clip's frames (see `data.dataset.WhisperCollator`).
+    the same zero padding as in a 30 s window), rounded up to `STEP_FRAMES` (``batch:S``: to
+    S seconds); a batch then takes its widest clip's frames (see
+    `data.dataset.WhisperCollator`).
     """
     if context == FULL:
         return N_FRAMES
-    if context == BATCH:
+    if is_batch_context(context):
+        step = round(context_step_seconds(context) * FRAMES_PER_SECOND)
         needed = num_samples // HOP_LENGTH + 2
-        return min(N_FRAMES, math.ceil(needed / STEP_FRAMES) * STEP_FRAMES)
+        return min(N_FRAMES, math.ceil(needed / step) * step)
     frames = math.ceil(float(context) * FRAMES_PER_SECOND / 2) * 2  # the encoder wants even
     return min(N_FRAMES, frames)

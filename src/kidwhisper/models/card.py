@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from kidwhisper.config import context_step_seconds, is_batch_context
 from kidwhisper.files import atomic_write_text
 from kidwhisper.models.bundled import BUNDLED_PREFIX
 from kidwhisper.models.short_input import CONFIG_KEY
@@ -150,7 +151,10 @@ def _evaluation_md(ev: dict | None, folder: Path) -> list[str]:
 def _context_md(context: object) -> list[str]:
     if context in (None, "full"):
         return ["Whisper's own 30 s window: clips are padded to 30 s, as every Whisper tool does."]
-    shape = "the batch's longest clip, rounded up to 2 s" if context == "batch" else f"{context} s"
+    if is_batch_context(context):
+        shape = f"the batch's longest clip, rounded up to {context_step_seconds(context):g} s"
+    else:
+        shape = f"{context} s"
     return [
         f"Trained on short encoder inputs ({shape}; `{CONFIG_KEY}: {context}` in config.json).",
         "kidwhisper (`evaluate`, `transcribe`, submissions) reads that key and feeds the same",

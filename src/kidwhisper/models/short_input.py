@@ -10,8 +10,13 @@ How many frames a batch gets is the *audio context*:
 
 * ``full``: always 3000 frames, as Whisper was trained (and plain transformers decodes);
 * a number of seconds, e.g. ``10``: always that many (clips are cut to it);
-* ``batch``: the batch's longest clip, rounded up to a multiple of `STEP_FRAMES`, so only a
-  few shapes ever occur (kernels and compiled graphs are reused).
+* ``batch``: the batch's longest clip, rounded up to a multiple of 2 s, so only a few shapes
+  ever occur (kernels and compiled graphs are reused);
+* ``batch:S``: the same, rounded up to S seconds (``batch:0.5``). Less rounding is less
+  padding to compute, but a model is sensitive to how much silence follows the speech: a
+  base soup trained under ``batch`` scored 16.11% on a fold decoded under ``batch`` or
+  ``batch:4``, 16.51% under ``batch:1``, 17.38% under ``batch:0.5`` and 17.54% at 30 s
+  (docs/experiments.md, item 32). Decode with what the model was trained with.
 
 The value's grammar is `config.parse_context`; a clip's frames, `data.audio.clip_frames`.
 
