@@ -26,7 +26,7 @@ HOP_LENGTH = 160
 CHUNK_SECONDS = 30
 N_FRAMES = CHUNK_SECONDS * SAMPLE_RATE // HOP_LENGTH  # 3000 mel frames in a 30 s window
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames per second
-STEP_FRAMES = round(BATCH_STEP_SECONDS * 100)  # `batch` contexts: multiples of 2 s
+STEP_FRAMES = round(BATCH_STEP_SECONDS * FRAMES_PER_SECOND)  # `batch`: multiples of 2 s
 SILENCE_BELOW_MAX = 2.0  # zero padding's log-mel value, below the clip's maximum
 
 
