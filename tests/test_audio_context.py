@@ -10,6 +10,7 @@ import torch
 
 from kidwhisper.config import ConfigError, load_config, parse_context
 from kidwhisper.data.audio import (
+    HOP_LENGTH,
     N_FRAMES,
     SAMPLE_RATE,
     STEP_FRAMES,
@@ -60,7 +61,7 @@ def test_short_features_are_the_head_of_the_30s_window(real_manifest: Path, cont
     batch = WhisperCollator(None)([dataset[i] for i in range(4)])
     features = batch["input_features"]
     width = features.shape[-1]
-    widest = max(len(load_audio(u.audio)) for u in utterances) // 160 + 2
+    widest = max(len(load_audio(u.audio)) for u in utterances) // HOP_LENGTH + 2
     assert width % step == 0 and widest <= width < widest + step and width < N_FRAMES
     for row, utt in enumerate(utterances):
         full = log_mel(load_audio(utt.audio), 80)
